@@ -1,0 +1,4 @@
+//! Subcommands of the `serin` binary.
+
+pub mod manifest;
+pub mod simulate;

@@ -1,0 +1,6 @@
+//! Serin: progressive delivery for Kubernetes. See README.md.
+
+pub mod api;
+pub mod cli;
+pub mod engine;
+pub mod sim;
