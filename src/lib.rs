@@ -1,5 +1,6 @@
 //! Serin: progressive delivery for Kubernetes. See README.md.
 
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod engine;

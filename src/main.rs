@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "serin", version, about = "Progressive delivery for Kubernetes: canary, blue/green and A/B releases")]
+#[command(
+    name = "serin",
+    version,
+    about = "Progressive delivery for Kubernetes: canary, blue/green and A/B releases"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,12 +49,18 @@ fn crds(dir: Option<PathBuf>) -> u8 {
     let result = match dir {
         None => serin::api::crds::all_yaml()
             .map_err(|e| e.to_string())
-            .and_then(|y| std::io::stdout().write_all(y.as_bytes()).map_err(|e| e.to_string())),
-        Some(dir) => serin::api::crds::all().into_iter().try_for_each(|(name, crd)| {
-            let yaml = serin::api::crds::to_yaml(&crd).map_err(|e| e.to_string())?;
-            let path = dir.join(name);
-            std::fs::write(&path, yaml).map_err(|e| format!("{}: {e}", path.display()))
-        }),
+            .and_then(|y| {
+                std::io::stdout()
+                    .write_all(y.as_bytes())
+                    .map_err(|e| e.to_string())
+            }),
+        Some(dir) => serin::api::crds::all()
+            .into_iter()
+            .try_for_each(|(name, crd)| {
+                let yaml = serin::api::crds::to_yaml(&crd).map_err(|e| e.to_string())?;
+                let path = dir.join(name);
+                std::fs::write(&path, yaml).map_err(|e| format!("{}: {e}", path.display()))
+            }),
     };
     match result {
         Ok(()) => 0,

@@ -547,7 +547,11 @@ pub struct CanaryWebhook {
     #[schemars(range(min = 0, max = 10))]
     pub retries: Option<i32>,
     /// Skip TLS certificate verification.
-    #[serde(default, rename = "disableTLS", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "disableTLS",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub disable_tls: Option<bool>,
     /// Send no alert when this gate is closed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -644,7 +648,10 @@ pub const DEFAULT_PROGRESS_DEADLINE_SECS: i32 = 600;
 impl CanarySpec {
     /// Apex Service name.
     pub fn service_name(&self) -> &str {
-        self.service.name.as_deref().unwrap_or(&self.target_ref.name)
+        self.service
+            .name
+            .as_deref()
+            .unwrap_or(&self.target_ref.name)
     }
 
     pub fn skip_analysis(&self) -> bool {

@@ -60,7 +60,10 @@ pub fn validate_canary(spec: &CanarySpec) -> Vec<FieldError> {
     }
     if let Some(a) = &spec.autoscaler_ref {
         if a.name.is_empty() {
-            e.push("spec.autoscalerRef.name", "must name the HorizontalPodAutoscaler");
+            e.push(
+                "spec.autoscalerRef.name",
+                "must name the HorizontalPodAutoscaler",
+            );
         }
         if let Some(r) = &a.primary_scaler_replicas
             && let (Some(min), Some(max)) = (r.min_replicas, r.max_replicas)
@@ -206,7 +209,10 @@ fn check_analysis(e: &mut Errors, spec: &CanarySpec, a: &CanaryAnalysis) {
         if !names.insert(m.name.as_str()) {
             e.push(
                 format!("{mp}.name"),
-                format!("metric '{}' is listed twice; give each metric its own name", m.name),
+                format!(
+                    "metric '{}' is listed twice; give each metric its own name",
+                    m.name
+                ),
             );
         }
         if !m.is_builtin() && m.query.is_none() && m.template_ref.is_none() {
@@ -235,7 +241,10 @@ fn check_analysis(e: &mut Errors, spec: &CanarySpec, a: &CanaryAnalysis) {
         if let Some(t) = &m.template_ref
             && t.name.is_empty()
         {
-            e.push(format!("{mp}.templateRef.name"), "must name a MetricTemplate");
+            e.push(
+                format!("{mp}.templateRef.name"),
+                "must name a MetricTemplate",
+            );
         }
     }
     for (i, h) in a.webhooks().iter().enumerate() {

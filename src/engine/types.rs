@@ -139,9 +139,15 @@ pub enum Action {
     PromoteToPrimary,
     /// Call the webhooks of this type with this phase in the payload; the answer does not matter
     /// (post-rollout).
-    RunHooks { kind: HookType, phase: Phase },
+    RunHooks {
+        kind: HookType,
+        phase: Phase,
+    },
     /// Send an alert to the Canary's alert providers.
-    Notify { severity: Severity, message: String },
+    Notify {
+        severity: Severity,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -233,7 +239,7 @@ pub struct Decision {
 pub enum Outcome {
     /// Run these probes, add their results, and call again with the same inputs.
     Need(Vec<Probe>),
-    Decided(Decision),
+    Decided(Box<Decision>),
 }
 
 /// Everything one call of the engine reads.
