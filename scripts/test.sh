@@ -7,8 +7,6 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --all-targets --no-fail-fast
-  # nextest does not run doctests.
-  cargo test --locked --doc
 else
   cargo test --locked --all-targets --no-fail-fast
 fi
