@@ -191,6 +191,14 @@ fn mirror_is_rejected_with_app_mesh() {
 }
 
 #[test]
+fn kubernetes_provider_needs_iterations() {
+    rejected(
+        with(json!({"spec": {"provider": "kubernetes"}})),
+        "the kubernetes provider supports blue/green only",
+    );
+}
+
+#[test]
 fn webhook_urls_must_parse() {
     rejected(
         with(

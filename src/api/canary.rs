@@ -28,6 +28,7 @@ pub const BUILTIN_METRICS: [&str; 2] = ["request-success-rate", "request-duratio
     shortname = "canary",
     category = "all",
     namespaced,
+    doc = "A progressive rollout of a Deployment",
     status = "CanaryStatus",
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Weight","type":"integer","jsonPath":".status.canaryWeight"}"#,
@@ -45,6 +46,11 @@ pub const BUILTIN_METRICS: [&str; 2] = ["request-success-rate", "request-duratio
         "rule": "!has(self.analysis) || !has(self.analysis.mirror) || !self.analysis.mirror || !has(self.provider) || !self.provider.startsWith('appmesh')",
         "message": "analysis.mirror is not supported by App Mesh; remove it or use the gatewayapi provider",
         "fieldPath": ".analysis.mirror"
+    },
+    {
+        "rule": "!has(self.provider) || self.provider != 'kubernetes' || !has(self.analysis) || has(self.analysis.iterations)",
+        "message": "the kubernetes provider supports blue/green only: set analysis.iterations instead of stepWeight or stepWeights",
+        "fieldPath": ".analysis"
     }
 ]))]
 pub struct CanarySpec {

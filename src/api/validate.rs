@@ -200,6 +200,12 @@ fn check_analysis(e: &mut Errors, spec: &CanarySpec, a: &CanaryAnalysis) {
             "analysis.mirror is not supported by App Mesh; remove it or use the gatewayapi provider",
         );
     }
+    if spec.provider == Some(Provider::Kubernetes) && a.iterations.is_none() {
+        e.push(
+            p,
+            "the kubernetes provider supports blue/green only: set analysis.iterations instead of stepWeight or stepWeights",
+        );
+    }
     let mut names = std::collections::BTreeSet::new();
     for (i, m) in a.metrics().iter().enumerate() {
         let mp = format!("{p}.metrics[{i}]");

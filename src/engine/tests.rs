@@ -987,17 +987,30 @@ fn ab_testing_routes_matching_requests_for_n_iterations() {
 
 #[test]
 fn kubernetes_provider_is_blue_green() {
-    let mut s = spec("analysis: {interval: 1m, stepWeight: 10}");
+    let mut s = spec("analysis: {interval: 1m, iterations: 1}");
     s.provider = Some(Provider::Kubernetes);
     let mut w = World::initialized(s);
     w.push("rev-2");
-    w.tick();
-    w.tick();
+    let seen = run_to_end(&mut w);
     assert_eq!(
-        w.status.iterations, 0,
-        "stepWeight with kubernetes still needs iterations"
+        seen,
+        vec![
+            (Phase::Progressing, 0),
+            (Phase::Progressing, 100),
+            (Phase::Promoting, 100),
+            (Phase::Finalising, 0),
+            (Phase::Succeeded, 0),
+        ]
     );
-    assert!(!w.routes.is_some_and(|r| r.canary > 0 && r.canary < 100));
+    // With stepWeight instead of iterations the spec is invalid, and nothing moves.
+    let mut s = spec("analysis: {interval: 1m, stepWeight: 10}");
+    s.provider = Some(Provider::Kubernetes);
+    let mut w = World::initialized(canary_spec());
+    w.spec = s;
+    w.push("rev-3");
+    let d = w.tick();
+    assert_eq!(reasons(&d), vec![Reason::InvalidSpec]);
+    assert!(d.actions.is_empty());
 }
 
 #[test]
