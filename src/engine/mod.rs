@@ -692,7 +692,12 @@ impl<'a> Run<'a> {
         let judged = self.metrics(true)?;
         self.status.last_fail_fast_time = Some(self.now());
         self.record_metrics(&judged);
-        if let Some((name, _, j)) = judged.iter().find(|(_, _, j)| j.verdict == Verdict::Fail) {
+        // Only a measured breach rolls back between steps; no data and query errors are left to
+        // the next full step, where onNoData and the threshold apply.
+        if let Some((name, _, j)) = judged
+            .iter()
+            .find(|(_, _, j)| j.verdict == Verdict::Fail && j.value.is_some())
+        {
             let msg = format!("Halt {} advancement {}", self.id(), j.message);
             self.event(EventType::Warning, Reason::CheckFailed, msg);
             self.status.failed_checks += 1;
@@ -775,7 +780,11 @@ impl<'a> Run<'a> {
                             Reason::CheckFailed,
                             format!("Halt {id} advancement {}", j.message),
                         );
-                        if *critical && j.verdict == Verdict::Fail && critical_failure.is_none() {
+                        if *critical
+                            && j.verdict == Verdict::Fail
+                            && j.value.is_some()
+                            && critical_failure.is_none()
+                        {
                             critical_failure =
                                 Some(format!("Critical metric {name} failed: {}", j.message));
                         }

@@ -787,6 +787,14 @@ fn critical_metric_breach_between_steps_rolls_back_at_once() {
     assert!(w.asked.iter().any(|p| matches!(p, Probe::Metrics(_))));
     assert_eq!(d.status.phase, Phase::Progressing);
     assert_eq!(d.requeue_after, Some(Duration::seconds(10)));
+    // No data between steps is not a breach: it waits for the full step and its policy.
+    w.metrics.insert(
+        "request-success-rate".into(),
+        MetricResult::NoData("empty".into()),
+    );
+    let d = w.after(Duration::seconds(10));
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert_eq!(d.status.failed_checks, 0);
     w.fail_metrics();
     let d = w.after(Duration::seconds(10));
     assert_eq!(
