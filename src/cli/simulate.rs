@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use serde_json::json;
+use serde::Serialize;
 
 use super::manifest::{self, ManifestError};
 use crate::api::{Canary, Phase, Strategy, Verdict, duration};
@@ -69,10 +69,10 @@ pub fn run(args: &SimulateArgs) -> i32 {
         };
         let out = match args.output {
             OutputFormat::Text => timeline(&canary, &scenario_file, &result),
-            OutputFormat::Json => json_text(&json!({
-                "scenario": scenario_file,
-                "result": result,
-            })),
+            OutputFormat::Json => json_text(&RunReport {
+                scenario: &scenario_file,
+                result: &result,
+            }),
         };
         (out, code)
     } else {
@@ -81,17 +81,20 @@ pub fn run(args: &SimulateArgs) -> i32 {
         let code = if summary.engine_errors > 0 { 1 } else { 0 };
         let out = match args.output {
             OutputFormat::Text => summary_text(&canary, &scenario_file, &summary),
-            OutputFormat::Json => json_text(&json!({
-                "canary": canary_id(&canary),
-                "scenario": scenario_file,
-                "summary": summary,
-                "runs": results.iter().map(|r| json!({
-                    "seed": r.seed,
-                    "outcome": r.outcome,
-                    "timeToOutcomeSeconds": r.time_to_outcome_seconds,
-                    "canaryErrors": r.traffic.canary_errors,
-                })).collect::<Vec<_>>(),
-            })),
+            OutputFormat::Json => json_text(&SummaryReport {
+                canary: canary_id(&canary),
+                scenario: &scenario_file,
+                summary: &summary,
+                runs: results
+                    .iter()
+                    .map(|r| RunLine {
+                        seed: r.seed,
+                        outcome: r.outcome,
+                        time_to_outcome_seconds: r.time_to_outcome_seconds,
+                        canary_errors: r.traffic.canary_errors,
+                    })
+                    .collect(),
+            }),
         };
         (out, code)
     };
@@ -100,9 +103,36 @@ pub fn run(args: &SimulateArgs) -> i32 {
     code
 }
 
-fn json_text(value: &serde_json::Value) -> String {
-    let mut s =
-        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+/// `--output json` of one run: the result, with the scenario file it ran.
+#[derive(Serialize)]
+struct RunReport<'a> {
+    scenario: &'a str,
+    #[serde(flatten)]
+    result: &'a SimResult,
+}
+
+/// `--output json` of `--runs N`.
+#[derive(Serialize)]
+struct SummaryReport<'a> {
+    canary: String,
+    scenario: &'a str,
+    summary: &'a Summary,
+    runs: Vec<RunLine>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunLine {
+    seed: u64,
+    outcome: RunOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_to_outcome_seconds: Option<f64>,
+    canary_errors: u64,
+}
+
+fn json_text(value: &impl Serialize) -> String {
+    // Serializing these plain structs cannot fail: no maps with non-string keys, no I/O.
+    let mut s = serde_json::to_string_pretty(value).unwrap_or_default();
     s.push('\n');
     s
 }
@@ -150,21 +180,30 @@ fn load_scenario(path: &Path, canary: &Canary) -> Result<Scenario, String> {
         .to_string());
     }
     let doc = docs.remove(0);
+    if !doc.is_object() {
+        return Err(ManifestError::Field {
+            file,
+            doc: 1,
+            path: "(root)".into(),
+            message: "a scenario is a mapping of fields (maxDuration, pushes, pods, traffic, \
+                      primary, canary, webhooks, metrics)"
+                .into(),
+        }
+        .to_string());
+    }
     let parsed: ScenarioFile = manifest::from_document(&file, 1, doc).map_err(|e| e.to_string())?;
     parsed.resolve(&canary.spec).map_err(|issues| {
-        issues
-            .into_iter()
-            .map(|i| {
-                ManifestError::Field {
-                    file: file.clone(),
-                    doc: 1,
-                    path: i.path,
-                    message: i.message,
-                }
-                .to_string()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        let mut lines = issues.into_iter().map(|i| {
+            ManifestError::Field {
+                file: file.clone(),
+                doc: 1,
+                path: i.path,
+                message: i.message,
+            }
+            .to_string()
+        });
+        let first = lines.next().unwrap_or_default();
+        lines.fold(first, |all, line| format!("{all}\nserin simulate: {line}"))
     })
 }
 
@@ -454,12 +493,13 @@ fn summary_text(canary: &Canary, scenario_file: &str, s: &Summary) -> String {
         "  failed canary requests per run: {:.1} on average",
         s.mean_canary_errors
     );
-    for (what, seeds) in [
-        ("promoted", &s.promoted_seeds),
-        ("rolled back", &s.rolled_back_seeds),
-        ("unfinished", &s.unfinished_seeds),
+    // Seeds of the rarer outcomes, the runs worth replaying.
+    for (what, count, seeds) in [
+        ("promoted", s.promoted, &s.promoted_seeds),
+        ("rolled back", s.rolled_back, &s.rolled_back_seeds),
+        ("unfinished", s.unfinished, &s.unfinished_seeds),
     ] {
-        if !seeds.is_empty() && seeds.len() as u64 * 2 <= s.runs {
+        if count > 0 && count * 2 <= s.runs {
             let _ = writeln!(
                 out,
                 "  {what} with seeds {} (replay one with --seed)",

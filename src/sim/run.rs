@@ -741,3 +741,245 @@ pub fn clock(ms: i64) -> String {
 pub fn clock_short(ms: i64) -> String {
     duration::format(Duration::milliseconds(ms))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::api::Canary;
+    use crate::engine::Decision;
+    use crate::sim::ScenarioFile;
+
+    fn canary() -> Canary {
+        let value: serde_json::Value =
+            serde_saphyr::from_str(include_str!("../../examples/appmesh/canary.yaml")).unwrap();
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn scenario(canary: &Canary, yaml: &str) -> Scenario {
+        let value: serde_json::Value = serde_saphyr::from_str(yaml).unwrap();
+        let file: ScenarioFile = serde_json::from_value(value).unwrap();
+        file.resolve(&canary.spec).unwrap()
+    }
+
+    /// An engine that asks for `probes` once per call, then stays in `phase` and asks to be
+    /// called again every minute; it logs the answers it got.
+    fn asking<'a>(
+        probes: Vec<Probe>,
+        phase: Phase,
+        log: &'a RefCell<Vec<(i64, ProbeResults)>>,
+    ) -> impl Fn(&Input<'_>) -> Outcome + 'a {
+        move |input: &Input<'_>| {
+            let answered = input.probes.hooks.len() + input.probes.metrics.len();
+            if !probes.is_empty() && answered == 0 {
+                return Outcome::Need(probes.clone());
+            }
+            let t = (input.now - (DateTime::<Utc>::UNIX_EPOCH + Duration::seconds(START_SECONDS)))
+                .num_seconds();
+            log.borrow_mut().push((t, input.probes.clone()));
+            Outcome::Decided(Box::new(Decision {
+                status: CanaryStatus {
+                    phase,
+                    ..CanaryStatus::default()
+                },
+                actions: vec![Action::EnsureRoutes],
+                events: Vec::new(),
+                requeue_after: Some(Duration::minutes(1)),
+            }))
+        }
+    }
+
+    fn options(seed: u64) -> Options {
+        Options { seed, record: true }
+    }
+
+    #[test]
+    fn same_seed_same_result() {
+        let c = canary();
+        let s = scenario(
+            &c,
+            "traffic: {rps: 10}\ncanary: {errorPercent: [{at: 0s, value: 0.5}, {at: 4m, value: 2}]}",
+        );
+        let run = |seed| crate::sim::simulate(&c, &s, &options(seed));
+        let first = run(7);
+        assert_eq!(first, run(7));
+        assert_ne!(first.traffic, run(8).traffic);
+        assert!(!first.decisions.is_empty());
+    }
+
+    #[test]
+    fn weight_zero_without_test_traffic_is_no_data() {
+        let c = canary();
+        let s = scenario(&c, "maxDuration: 3m\npushes: []\ntraffic: {rps: 100}");
+        let log = RefCell::new(Vec::new());
+        let probes = vec![Probe::Metrics(vec![
+            "request-success-rate".into(),
+            "request-duration".into(),
+        ])];
+        let r = simulate_with(
+            asking(probes, Phase::Initializing, &log),
+            "podinfo",
+            "test",
+            &c.spec,
+            &s,
+            &options(1),
+        );
+        assert_eq!(r.stopped, Stop::TimeLimit);
+        let log = log.borrow();
+        assert_eq!(log.len(), 4, "called at 0, 1m, 2m and 3m");
+        for (_, answers) in log.iter() {
+            for name in ["request-success-rate", "request-duration"] {
+                assert!(
+                    matches!(&answers.metrics[name], MetricResult::NoData(m) if m.contains("no request reached the canary")),
+                    "{answers:?}"
+                );
+            }
+        }
+        assert_eq!(r.traffic.canary_requests, 0);
+        assert!(r.traffic.primary_requests > 17_000);
+    }
+
+    #[test]
+    fn webhook_answers_follow_the_scenario_over_time() {
+        let mut c = canary();
+        let hooks: Vec<crate::api::CanaryWebhook> = serde_json::from_value(serde_json::json!([
+            {"name": "approve", "type": "confirm-promotion", "url": "http://gate/"},
+            {"name": "stop", "type": "rollback", "url": "http://gate/"},
+            {"name": "smoke", "type": "pre-rollout", "url": "http://gate/"}
+        ]))
+        .unwrap();
+        if let Some(a) = c.spec.analysis.as_mut() {
+            a.webhooks = Some(hooks);
+        }
+        let s = scenario(
+            &c,
+            "maxDuration: 8m\npushes: []\nwebhooks:\n  approve: [{at: 0s, value: closed}, {at: 5m, value: open}]\n  stop: [{at: 0s, value: fail}, {at: 7m, value: pass}]\n",
+        );
+        let log = RefCell::new(Vec::new());
+        let probes = vec![
+            Probe::Hooks(HookType::ConfirmPromotion),
+            Probe::Hooks(HookType::Rollback),
+            Probe::Hooks(HookType::PreRollout),
+            Probe::Hooks(HookType::ConfirmRollout),
+        ];
+        simulate_with(
+            asking(probes, Phase::Initializing, &log),
+            "podinfo",
+            "test",
+            &c.spec,
+            &s,
+            &options(1),
+        );
+        for (t, answers) in log.borrow().iter() {
+            let gate = &answers.hooks[&HookType::ConfirmPromotion];
+            assert_eq!(gate.ok, *t >= 300, "approve at {t}s: {gate:?}");
+            if !gate.ok {
+                assert_eq!(gate.hook, "approve");
+                assert!(gate.message.contains("403") && gate.message.contains("until 5m"));
+            }
+            assert_eq!(
+                answers.hooks[&HookType::Rollback].ok,
+                *t >= 420,
+                "stop at {t}s"
+            );
+            // Unlisted hooks pass; a type without hooks passes.
+            assert!(answers.hooks[&HookType::PreRollout].ok);
+            assert!(answers.hooks[&HookType::ConfirmRollout].ok);
+        }
+    }
+
+    #[test]
+    fn custom_metrics_take_scenario_values_or_have_no_data() {
+        let mut c = canary();
+        let metrics: Vec<crate::api::CanaryMetric> = serde_json::from_value(serde_json::json!([
+            {"name": "burn", "templateRef": {"name": "burn"}, "thresholdRange": {"max": 1}},
+            {"name": "saturation", "templateRef": {"name": "sat"}, "thresholdRange": {"max": 1}}
+        ]))
+        .unwrap();
+        if let Some(a) = c.spec.analysis.as_mut() {
+            a.metrics = Some(metrics);
+        }
+        let s = scenario(
+            &c,
+            "maxDuration: 2m\npushes: []\nmetrics: {burn: [{at: 0s, value: 0.5}, {at: 1m, value: 3}]}",
+        );
+        let log = RefCell::new(Vec::new());
+        let probes = vec![Probe::Metrics(vec![
+            "burn".into(),
+            "saturation".into(),
+            "missing".into(),
+        ])];
+        simulate_with(
+            asking(probes, Phase::Initializing, &log),
+            "podinfo",
+            "test",
+            &c.spec,
+            &s,
+            &options(1),
+        );
+        let log = log.borrow();
+        assert_eq!(log[0].1.metrics["burn"], MetricResult::Value(0.5));
+        assert_eq!(log[1].1.metrics["burn"], MetricResult::Value(3.0));
+        assert!(matches!(
+            log[0].1.metrics["saturation"],
+            MetricResult::NoData(_)
+        ));
+        assert!(matches!(
+            log[0].1.metrics["missing"],
+            MetricResult::Error(_)
+        ));
+    }
+
+    #[test]
+    fn an_engine_that_decides_nothing_stops_the_run() {
+        let c = canary();
+        let s = scenario(&c, "pushes: []");
+        let r = simulate_with(
+            |_: &Input<'_>| Outcome::Need(Vec::new()),
+            "podinfo",
+            "test",
+            &c.spec,
+            &s,
+            &options(1),
+        );
+        assert!(matches!(r.stopped, Stop::Engine(ref m) if m.contains("neither decided")));
+        assert_eq!(r.outcome, RunOutcome::Unfinished);
+    }
+
+    #[test]
+    fn an_engine_that_keeps_asking_to_be_called_at_once_stops_the_run() {
+        let c = canary();
+        let s = scenario(&c, "pushes: []");
+        let r = simulate_with(
+            |input: &Input<'_>| {
+                Outcome::Decided(Box::new(Decision {
+                    status: input.status.clone(),
+                    actions: Vec::new(),
+                    events: Vec::new(),
+                    requeue_after: Some(Duration::zero()),
+                }))
+            },
+            "podinfo",
+            "test",
+            &c.spec,
+            &s,
+            &options(1),
+        );
+        assert!(matches!(r.stopped, Stop::Engine(ref m) if m.contains("at once")));
+    }
+
+    #[test]
+    fn the_timeline_starts_with_initialization_and_a_push() {
+        let c = canary();
+        let s = scenario(&c, "traffic: {rps: 100, testRps: 20}");
+        let r = crate::sim::simulate(&c, &s, &options(1));
+        assert_eq!(r.decisions[0].phase, Phase::Initializing);
+        assert_eq!(r.rollouts.len(), 1);
+        assert_eq!(r.rollouts[0].revision, "rev-1");
+        // The push follows initialization: primary ready at the 30s default start delay.
+        assert_eq!(r.rollouts[0].pushed_at_seconds, 30.0);
+        assert_eq!(r.outcome, RunOutcome::Succeeded);
+        assert_eq!(r.stopped, Stop::Finished);
+    }
+}

@@ -84,6 +84,32 @@ impl fmt::Display for Dur {
     }
 }
 
+/// A number in a scenario file (integer or decimal).
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Number(pub f64);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Number, D::Error> {
+        struct NumberVisitor;
+        impl Visitor<'_> for NumberVisitor {
+            type Value = Number;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number like 100 or 0.5")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Number, E> {
+                Ok(Number(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
+                Ok(Number(v as f64))
+            }
+        }
+        deserializer.deserialize_any(NumberVisitor)
+    }
+}
+
 /// A value that may change over time: either one value, or a list of `{at, value}` steps.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Schedule<T> {
@@ -190,7 +216,7 @@ pub struct ScenarioFile {
     #[serde(default)]
     pub webhooks: BTreeMap<String, Schedule<HookAnswer>>,
     #[serde(default)]
-    pub metrics: BTreeMap<String, Schedule<f64>>,
+    pub metrics: BTreeMap<String, Schedule<Number>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
@@ -206,18 +232,18 @@ pub struct PodsSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficSpec {
     #[serde(default)]
-    pub rps: Option<Schedule<f64>>,
+    pub rps: Option<Schedule<Number>>,
     #[serde(default)]
-    pub test_rps: Option<Schedule<f64>>,
+    pub test_rps: Option<Schedule<Number>>,
     #[serde(default)]
-    pub match_percent: Option<Schedule<f64>>,
+    pub match_percent: Option<Schedule<Number>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BehaviourSpec {
     #[serde(default)]
-    pub error_percent: Option<Schedule<f64>>,
+    pub error_percent: Option<Schedule<Number>>,
     #[serde(default)]
     pub latency: Option<Schedule<LatencySpec>>,
 }
@@ -400,19 +426,20 @@ impl Checker {
         }
     }
 
-    fn percent_timeline(&mut self, path: &str, s: &Schedule<f64>) -> Option<Timeline<f64>> {
-        self.timeline(path, s, |v| {
+    fn percent_timeline(&mut self, path: &str, s: &Schedule<Number>) -> Option<Timeline<f64>> {
+        self.timeline(path, s, |Number(v)| {
             (!(0.0..=100.0).contains(v)).then(|| format!("{v} is not a percentage in 0..=100"))
         })
-        .map(|t| t.map(|v| v / 100.0))
+        .map(|t| t.map(|Number(v)| v / 100.0))
     }
 
-    fn rate_timeline(&mut self, path: &str, s: &Schedule<f64>) -> Option<Timeline<f64>> {
-        self.timeline(path, s, |v| {
+    fn rate_timeline(&mut self, path: &str, s: &Schedule<Number>) -> Option<Timeline<f64>> {
+        self.timeline(path, s, |Number(v)| {
             (!v.is_finite() || *v < 0.0).then(|| {
                 format!("{v} is not a request rate; use a number of requests per second ≥ 0")
             })
         })
+        .map(|t| t.map(|Number(v)| v))
     }
 
     fn latency_timeline(
@@ -558,11 +585,11 @@ impl ScenarioFile {
                 );
                 continue;
             }
-            let t = c.timeline(&path, schedule, |v| {
+            let t = c.timeline(&path, schedule, |Number(v)| {
                 (!v.is_finite()).then(|| format!("{v} is not a finite number"))
             });
             if let Some(t) = t {
-                metrics.insert(name.clone(), t);
+                metrics.insert(name.clone(), t.map(|Number(v)| v));
             }
         }
 
