@@ -398,12 +398,17 @@ fn outcome_line(r: &SimResult) -> String {
             at(r.finished_at_seconds),
             since_push(r.time_to_outcome_seconds)
         ),
+        _ if r.rollouts.is_empty() && r.stopped == Stop::Finished => format!(
+            "No rollout: {} at {} (the scenario pushes no new revision).",
+            r.final_phase.as_str(),
+            clock(seconds_ms(r.end_seconds)).trim()
+        ),
         RunOutcome::Superseded | RunOutcome::Unfinished => {
             let why = match &r.stopped {
                 Stop::TimeLimit => "the scenario's maxDuration was reached",
                 Stop::Idle => "nothing more was scheduled",
                 Stop::Engine(_) => "the engine stopped",
-                Stop::Finished => "no revision was pushed",
+                Stop::Finished => "the rollout did not end",
             };
             format!(
                 "Unfinished: {} at {} ({why}).",
