@@ -143,6 +143,33 @@ fn failing_canary_is_rolled_back_when_the_threshold_says() {
 }
 
 #[test]
+fn critical_success_rate_rolls_back_within_seconds_of_the_breach() {
+    // The same failing release against the Canary whose success rate is critical. From the
+    // onset 8% of canary requests fail; over a 1m window the success rate drops below 99% once
+    // more than 1/8 of the window (7.5s) is past the onset, and it is checked every 10s, so
+    // the rollback comes within 7.5s + 10s of the onset (+ 10s slack for Poisson noise),
+    // instead of threshold × interval later.
+    let scenario = example("failing.yaml");
+    let canary = example("canary-fail-fast.yaml");
+    let (code, json, err) = serin(&[&canary, "--scenario", &scenario, "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let result: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(result["outcome"], "Failed");
+    let rolled_back_at = result["finishedAtSeconds"]
+        .as_f64()
+        .expect("finishedAtSeconds");
+    let onset = seconds(
+        yaml(&scenario)["canary"]["errorPercent"][1]["at"]
+            .as_str()
+            .expect("onset"),
+    );
+    assert!(
+        rolled_back_at > onset && rolled_back_at <= onset + 30.0,
+        "rolled back at {rolled_back_at}s, breach at {onset}s"
+    );
+}
+
+#[test]
 fn json_output_has_the_outcome_and_every_decision() {
     let (code, out, err) = simulate(&example("healthy.yaml"), &["--output", "json"]);
     assert_eq!(code, 0, "{err}");
