@@ -126,15 +126,7 @@ impl<'a> Run<'a> {
     /// The result of the webhooks of `kind`; passes when there are none.
     fn hooks(&self, kind: HookType) -> Result<HookResult, Pending> {
         if self.analysis.hooks_of(kind).next().is_none() {
-            return Ok(if kind == HookType::Rollback {
-                HookResult {
-                    ok: false,
-                    hook: String::new(),
-                    message: String::new(),
-                }
-            } else {
-                HookResult::passed()
-            });
+            return Ok(HookResult::quiet(kind));
         }
         match self.input.probes.hooks.get(&kind) {
             Some(r) => Ok(r.clone()),
@@ -995,25 +987,15 @@ impl<'a> Run<'a> {
 
     fn begin_promotion(&mut self) -> Step {
         self.clear_wait();
-        self.event(
-            EventType::Normal,
-            Reason::Promoting,
-            format!(
-                "Copying {} template spec to {}-primary.{}",
-                self.target_id(),
-                self.input.spec.target_ref.name,
-                self.input.namespace
-            ),
-        );
-        self.actions.push(Action::PromoteToPrimary);
+        self.copy_to_primary();
         self.set_phase(Phase::Promoting);
         self.status.last_analysis_time = None;
         self.requeue_in(READINESS_POLL);
         Ok(())
     }
 
-    fn promote_without_analysis(&mut self) -> Step {
-        self.set_weights(Weights::ALL_PRIMARY);
+    /// Copies the canary's template to the primary.
+    fn copy_to_primary(&mut self) {
         self.event(
             EventType::Normal,
             Reason::Promoting,
@@ -1025,6 +1007,11 @@ impl<'a> Run<'a> {
             ),
         );
         self.actions.push(Action::PromoteToPrimary);
+    }
+
+    fn promote_without_analysis(&mut self) -> Step {
+        self.set_weights(Weights::ALL_PRIMARY);
+        self.copy_to_primary();
         self.actions.push(Action::ScaleTarget(Scale::Zero));
         self.succeed(format!(
             "Promotion completed! Canary analysis was skipped for {}",

@@ -98,6 +98,15 @@ impl HookResult {
             message: String::new(),
         }
     }
+
+    /// The answer when no hook of `kind` speaks up: gates open and checks pass, and nobody asks
+    /// for a rollback.
+    pub fn quiet(kind: HookType) -> HookResult {
+        HookResult {
+            ok: kind != HookType::Rollback,
+            ..HookResult::passed()
+        }
+    }
 }
 
 /// What a metric query returned.

@@ -555,15 +555,7 @@ where
                 _ => {}
             }
         }
-        if rollback {
-            HookResult {
-                ok: false,
-                hook: String::new(),
-                message: String::new(),
-            }
-        } else {
-            HookResult::passed()
-        }
+        HookResult::quiet(kind)
     }
 
     /// The metric's value now, and the canary requests it was computed from (built-ins).
