@@ -4,4 +4,7 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod engine;
+pub mod hooks;
+pub mod metrics;
+pub mod notify;
 pub mod sim;

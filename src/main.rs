@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run Canary manifests through the engine against a simulated cluster, in virtual time.
     Simulate(serin::cli::simulate::SimulateArgs),
+    /// Serve conformance tests, manual gates and load tests to Canary webhooks.
+    Loadtester(serin::cli::loadtester::LoadtesterArgs),
     /// Print the CustomResourceDefinitions (or write them, one file each, into a folder).
     Crds {
         /// Write canaries.yaml, metrictemplates.yaml and alertproviders.yaml here instead.
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Simulate(args) => u8::try_from(serin::cli::simulate::run(&args)).unwrap_or(1),
+        Command::Loadtester(args) => u8::try_from(serin::cli::loadtester::run(&args)).unwrap_or(1),
         Command::Crds { dir } => crds(dir),
         Command::Validate { files } => validate(&files),
     };

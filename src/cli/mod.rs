@@ -1,4 +1,5 @@
 //! Subcommands of the `serin` binary.
 
+pub mod loadtester;
 pub mod manifest;
 pub mod simulate;

@@ -1,0 +1,1 @@
+//! Webhook calls and gate semantics.

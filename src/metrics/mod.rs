@@ -1,0 +1,1 @@
+//! Metrics providers: Prometheus, CloudWatch and direct pod scrape.

@@ -1,0 +1,1 @@
+//! Alerts to Slack, Microsoft Teams, Discord and generic JSON webhooks.
