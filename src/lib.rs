@@ -7,4 +7,6 @@ pub mod engine;
 pub mod hooks;
 pub mod metrics;
 pub mod notify;
+pub mod router;
 pub mod sim;
+pub mod workload;
