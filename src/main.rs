@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run Canary manifests through the engine against a simulated cluster, in virtual time.
     Simulate(serin::cli::simulate::SimulateArgs),
+    /// Run the controller: reconcile Canaries in the cluster of the kubeconfig (or in-cluster).
+    Controller(serin::controller::ControllerArgs),
     /// Serve conformance tests, manual gates and load tests to Canary webhooks.
     Loadtester(serin::cli::loadtester::LoadtesterArgs),
     /// Print the CustomResourceDefinitions (or write them, one file each, into a folder).
@@ -41,11 +43,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Simulate(args) => u8::try_from(serin::cli::simulate::run(&args)).unwrap_or(1),
+        Command::Controller(args) => controller(args),
         Command::Loadtester(args) => u8::try_from(serin::cli::loadtester::run(&args)).unwrap_or(1),
         Command::Crds { dir } => crds(dir),
         Command::Validate { files } => validate(&files),
     };
     ExitCode::from(code)
+}
+
+fn controller(args: serin::controller::ControllerArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("serin controller: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(serin::controller::run(args)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("serin controller: {e}");
+            1
+        }
+    }
 }
 
 fn crds(dir: Option<PathBuf>) -> u8 {
