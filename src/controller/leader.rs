@@ -118,8 +118,8 @@ impl Elector {
     }
 
     /// Renews the Lease in the background; the returned future completes when it is lost.
-    pub fn keep(self) -> impl std::future::Future<Output = ()> + Send {
-        async move {
+    pub async fn keep(self) {
+        {
             let mut last_ok = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(RENEW_EVERY).await;

@@ -55,12 +55,9 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("serin");
         let reconciles = Counter::default();
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let reconcile_duration = Histogram::new(
-            [
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]
-            .into_iter(),
-        );
+        let reconcile_duration = Histogram::new([
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]);
         let status = Family::<CanaryLabels, Gauge>::default();
         let weight = Family::<CanaryLabels, Gauge>::default();
         registry.register("reconciles", "Reconciles of Canaries", reconciles.clone());
