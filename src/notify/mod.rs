@@ -25,7 +25,7 @@ pub enum NotifyError {
     )]
     NoAddress,
     #[error(
-        "the AlertProvider's {0} is not an absolute http:// or https:// URL; fix the address (or the Secret's 'address' key)"
+        "the AlertProvider's {0} is not an absolute http:// or https:// URL, for example https://hooks.slack.com/services/…"
     )]
     BadAddress(&'static str),
     #[error("cannot build the HTTP client: {0}")]
