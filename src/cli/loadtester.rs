@@ -969,7 +969,7 @@ async fn generate_load(t: &Tester, spec: &LoadSpec) -> LoadReport {
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / spec.rps);
     let mut ticks = tokio::time::interval(period);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut report = LoadReport::default();
     let record =
         |report: &mut LoadReport,
