@@ -308,7 +308,7 @@ async fn post_rollout_hooks_are_all_called_and_failures_become_warnings() {
         events,
         vec![Event {
             type_: EventType::Warning,
-            reason: Reason::CheckFailed,
+            reason: Reason::HookFailed,
             message: "Post-rollout hook notify-ci failed answered 500: ci unavailable".into(),
         }]
     );

@@ -487,7 +487,10 @@ impl<'a> Reconciler<'a> {
             Probe::Hooks(kind) => {
                 let canary = self.with_status(status);
                 let phase = status.phase;
-                let r = probes.hooks.run(&canary, kind, phase).await;
+                let r = probes
+                    .hooks
+                    .run(&canary, kind, crate::hooks::payload_phase(kind, phase))
+                    .await;
                 out.hooks.insert(kind, r);
             }
             Probe::Metrics(names) => {
@@ -668,13 +671,18 @@ impl<'a> Reconciler<'a> {
     fn primary_value(&self, world: &World, promotion_id: &str) -> Option<Value> {
         let target = world.target.as_ref()?;
         let owner = workload::owner_ref(&self.name, &self.canary.uid().unwrap_or_default());
+        let replicas = workload::primary_replicas(
+            target,
+            world.primary.as_ref(),
+            self.spec.autoscaler_ref.is_some(),
+        );
         let d = workload::primary_deployment(
             target,
             &self.ns,
             &owner,
             &world.configs,
             promotion_id,
-            self.spec.autoscaler_ref.is_some(),
+            replicas,
         )
         .ok()?;
         let mut v = serde_json::to_value(&d).ok()?;
@@ -864,7 +872,9 @@ impl<'a> Reconciler<'a> {
                 },
                 reason: e.reason.as_str().into(),
                 note: Some(e.message.chars().take(1000).collect()),
-                action: "Reconcile".into(),
+                // Events are grouped into series by reason and action: the message as action
+                // keeps each step its own Event while repeats of one message count up.
+                action: e.message.chars().take(128).collect(),
                 secondary: None,
             };
             if let Err(err) = self.ctx.recorder.publish(&ev, &reference).await {

@@ -142,7 +142,7 @@ impl Hooks {
     }
 
     /// Fire-and-forget hooks (post-rollout): every hook of `kind` is called in spec order;
-    /// returns a Warning Event (reason `CheckFailed`) for each one that failed.
+    /// returns a Warning Event (reason `HookFailed`) for each one that failed.
     pub async fn run_all(&self, canary: &Canary, kind: HookType, phase: Phase) -> Vec<Event> {
         let kind = normalize(kind);
         let analysis = canary.spec.analysis();
@@ -151,7 +151,7 @@ impl Hooks {
             if let Err(e) = self.call(canary, hook, phase, BTreeMap::new()).await {
                 events.push(Event {
                     type_: EventType::Warning,
-                    reason: Reason::CheckFailed,
+                    reason: Reason::HookFailed,
                     message: format!("{} hook {} failed {e}", capitalized(kind), hook.name),
                 });
             }

@@ -412,14 +412,14 @@ fn rename_affinity(spec: &mut PodSpec, target: &str, key: &str) {
 }
 
 /// The primary Deployment built from the target (create, or the spec to apply on promotion).
-/// Replicas are copied only without an autoscaler (the HPA owns them then).
+/// `replicas` is what the primary gets: see [`primary_replicas`].
 pub fn primary_deployment(
     target: &Deployment,
     namespace: &str,
     owner: &OwnerReference,
     configs: &[ConfigRef],
     promotion_id: &str,
-    has_autoscaler: bool,
+    replicas: i32,
 ) -> Result<Deployment, WorkloadError> {
     let name = target.metadata.name.clone().unwrap_or_default();
     let label = selector_label(target)?;
@@ -428,11 +428,6 @@ pub fn primary_deployment(
     let mut labels: BTreeMap<String, String> = BTreeMap::new();
     labels.insert(label.0.clone(), format!("{}-primary", label.1));
     labels.insert(MANAGED_BY.0.into(), MANAGED_BY.1.into());
-    let replicas = if has_autoscaler {
-        None
-    } else {
-        Some(tspec.replicas.filter(|r| *r > 0).unwrap_or(1))
-    };
     Ok(Deployment {
         metadata: ObjectMeta {
             name: Some(format!("{name}-primary")),
@@ -442,7 +437,7 @@ pub fn primary_deployment(
             ..Default::default()
         },
         spec: Some(DeploymentSpec {
-            replicas,
+            replicas: Some(replicas),
             selector: LabelSelector {
                 match_labels: Some(BTreeMap::from([(
                     label.0.clone(),
@@ -459,6 +454,28 @@ pub fn primary_deployment(
         }),
         status: None,
     })
+}
+
+/// Replicas of the primary: the target's on creation; on promotion the primary keeps its own
+/// when an autoscaler manages it, and takes the target's otherwise.
+pub fn primary_replicas(
+    target: &Deployment,
+    primary: Option<&Deployment>,
+    has_autoscaler: bool,
+) -> i32 {
+    let current = primary
+        .and_then(|p| p.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .filter(|r| *r > 0);
+    let from_target = target
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .filter(|r| *r > 0);
+    match (has_autoscaler, current) {
+        (true, Some(r)) => r,
+        _ => from_target.or(current).unwrap_or(1),
+    }
 }
 
 /// Replicas to give the target when it is scaled up as the canary (FB §3.9).
@@ -620,7 +637,15 @@ status: {observedGeneration: 2, replicas: 2, updatedReplicas: 2, availableReplic
         let spec = d.spec.clone().unwrap().template.spec.unwrap();
         let refs = config_refs(&spec);
         let owner = owner_ref("podinfo", "uid-1");
-        let p = primary_deployment(&d, "test", &owner, &refs, "id-1", false).unwrap();
+        let p = primary_deployment(
+            &d,
+            "test",
+            &owner,
+            &refs,
+            "id-1",
+            primary_replicas(&d, None, false),
+        )
+        .unwrap();
         assert_eq!(p.metadata.name.as_deref(), Some("podinfo-primary"));
         let ps = p.spec.unwrap();
         assert_eq!(ps.replicas, Some(2));
@@ -664,6 +689,12 @@ status: {observedGeneration: 2, replicas: 2, updatedReplicas: 2, availableReplic
             None,
             "the HPA owns replicas"
         );
+    }
+
+    fn p_clone_with_replicas(d: &Deployment, n: i32) -> Deployment {
+        let mut p = d.clone();
+        p.spec.as_mut().unwrap().replicas = Some(n);
+        p
     }
 
     #[test]

@@ -1,0 +1,689 @@
+//! End to end: the `serin controller` binary, as a process, against the Kubernetes API server
+//! stand-in, with Deployments made ready by a kubelet loop and metrics from a Prometheus API the
+//! test controls. Each scenario reads what a user would see: objects, weights, status, Events.
+
+#[path = "support/apiserver/mod.rs"]
+mod apiserver;
+#[path = "support/promapi.rs"]
+mod promapi;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use apiserver::ApiServer;
+use promapi::PromApi;
+use serde_json::{Value, json};
+
+const NS: &str = "test";
+
+/// The controller as a process; killed when dropped, its log printed when the test failed.
+struct ControllerProcess {
+    child: tokio::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("--- controller log ({}) ---", self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+impl ControllerProcess {
+    fn start(api: &ApiServer, prom: &PromApi, extra: &[&str]) -> ControllerProcess {
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "serin-e2e-controller-{}-{}.log",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let file = std::fs::File::create(&log).expect("controller log file");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_serin"));
+        cmd.arg("controller")
+            .arg("--kubeconfig")
+            .arg(api.kubeconfig_path())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--metrics-server")
+            .arg(prom.url())
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
+        ControllerProcess {
+            child: cmd.spawn().expect("serin controller starts"),
+            log,
+        }
+    }
+
+    async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Makes Deployments ready the way a kubelet and the Deployment controller would: after a
+/// rollout delay, status follows spec (observedGeneration, replicas, updated, available).
+fn kubelet(api: &ApiServer, delay: Duration) -> tokio::task::JoinHandle<()> {
+    let mut events = api.subscribe("apps/v1", "Deployment", NS);
+    let client = api.client();
+    tokio::spawn(async move {
+        let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+            kube::Api::namespaced(client, NS);
+        while let Some(ev) = events.recv().await {
+            let obj = ev.object;
+            let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+            let generation = obj["metadata"]["generation"].as_i64().unwrap_or(0);
+            if obj["status"]["observedGeneration"].as_i64() == Some(generation) {
+                continue;
+            }
+            let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
+            let deployments = deployments.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let status = json!({"status": {
+                    "observedGeneration": generation,
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "readyReplicas": replicas,
+                    "availableReplicas": replicas,
+                    "conditions": [
+                        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+                    ],
+                }});
+                for _ in 0..20 {
+                    let Ok(now) = deployments.get(&name).await else {
+                        return;
+                    };
+                    if now.metadata.generation != Some(generation) {
+                        return;
+                    }
+                    let r = deployments
+                        .patch_status(
+                            &name,
+                            &kube::api::PatchParams::default(),
+                            &kube::api::Patch::Merge(&status),
+                        )
+                        .await;
+                    if r.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    })
+}
+
+fn fixtures(api: &ApiServer, prom: &PromApi, analysis: Value) {
+    api.create_namespace(NS);
+    api.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "podinfo", "namespace": NS, "labels": {"app": "podinfo"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "podinfo"}},
+            "template": {
+                "metadata": {"labels": {"app": "podinfo"}},
+                "spec": {"containers": [{"name": "podinfod", "image": "ghcr.io/stefanprodan/podinfo:6.0.0",
+                    "envFrom": [{"configMapRef": {"name": "podinfo-env"}}]}]},
+            },
+        },
+    }));
+    api.put(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "podinfo-env", "namespace": NS},
+        "data": {"PODINFO_UI_COLOR": "#34577c"},
+    }));
+    api.put(json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "podinfo", "namespace": NS},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                 "minReplicas": 2, "maxReplicas": 4},
+    }));
+    api.put(json!({
+        "apiVersion": "serin.dev/v1beta1", "kind": "MetricTemplate",
+        "metadata": {"name": "error-rate", "namespace": NS},
+        "spec": {
+            "provider": {"type": "prometheus", "address": prom.url()},
+            "query": "100 - sum(rate(envoy_cluster_upstream_rq{kubernetes_namespace=\"{{ namespace }}\",envoy_response_code!~\"5.*\"}[{{ interval }}])) / sum(rate(envoy_cluster_upstream_rq{kubernetes_namespace=\"{{ namespace }}\"}[{{ interval }}])) * 100",
+        },
+    }));
+    api.put(json!({
+        "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+        "metadata": {"name": "podinfo", "namespace": NS},
+        "spec": {
+            "provider": "appmesh:v1beta2",
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+            "autoscalerRef": {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "podinfo"},
+            "progressDeadlineSeconds": 60,
+            "service": {"port": 9898, "timeout": "15s"},
+            "analysis": analysis,
+        },
+    }));
+}
+
+fn analysis() -> Value {
+    json!({
+        "interval": "10s",
+        "threshold": 2,
+        "maxWeight": 50,
+        "stepWeight": 25,
+        "metrics": [{"name": "error-rate", "templateRef": {"name": "error-rate"}, "thresholdRange": {"max": 1}, "interval": "1m"}],
+    })
+}
+
+fn canary(api: &ApiServer) -> Value {
+    api.get("serin.dev/v1beta1", "Canary", NS, "podinfo")
+        .unwrap_or(Value::Null)
+}
+
+fn phase(c: &Value) -> &str {
+    c["status"]["phase"].as_str().unwrap_or("")
+}
+
+async fn wait_phase(api: &ApiServer, want: &str, timeout: Duration) -> Value {
+    api.wait_for("serin.dev/v1beta1", "Canary", NS, "podinfo", timeout, |c| {
+        phase(c) == want
+    })
+    .await
+}
+
+/// Apex router weights (primary, canary).
+fn weights(api: &ApiServer) -> Option<(i64, i64)> {
+    let vr = api.get("appmesh.k8s.aws/v1beta2", "VirtualRouter", NS, "podinfo")?;
+    let targets = vr["spec"]["routes"][0]["httpRoute"]["action"]["weightedTargets"]
+        .as_array()?
+        .clone();
+    let w = |n: &str| {
+        targets
+            .iter()
+            .find(|t| t["virtualNodeRef"]["name"] == n)
+            .and_then(|t| t["weight"].as_i64())
+    };
+    Some((w("podinfo-primary")?, w("podinfo-canary")?))
+}
+
+/// Event reasons and messages recorded on the Canary, oldest first.
+fn events(api: &ApiServer) -> Vec<(String, String)> {
+    let mut evs: Vec<Value> = api
+        .list("events.k8s.io/v1", "Event", NS)
+        .into_iter()
+        .filter(|e| e["regarding"]["kind"] == "Canary")
+        .collect();
+    evs.sort_by_key(|e| {
+        e["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
+    });
+    evs.iter()
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or("").to_string(),
+                e["note"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until an Event with this reason was recorded on the Canary.
+async fn wait_event(api: &ApiServer, reason: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !events(api).iter().any(|(r, _)| r == reason) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {reason} Event; events: {:#?}",
+            events(api)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn replicas(api: &ApiServer, name: &str) -> i64 {
+    api.get("apps/v1", "Deployment", NS, name)
+        .and_then(|d| d["spec"]["replicas"].as_i64())
+        .unwrap_or(-1)
+}
+
+fn image(api: &ApiServer, name: &str) -> String {
+    api.get("apps/v1", "Deployment", NS, name)
+        .and_then(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["image"]
+                .as_str()
+                .map(String::from)
+        })
+        .unwrap_or_default()
+}
+
+async fn set_image(api: &ApiServer, image: &str) {
+    let out = api
+        .kubectl()
+        .args([
+            "-n",
+            NS,
+            "set",
+            "image",
+            "deployment/podinfo",
+            &format!("podinfod={image}"),
+        ])
+        .output()
+        .await
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl set image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialization_creates_the_object_set_and_scales_the_target_to_zero() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let c = wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+
+    // FB §3.1: exactly this object set.
+    for (api_version, kind, names) in [
+        ("apps/v1", "Deployment", vec!["podinfo", "podinfo-primary"]),
+        (
+            "autoscaling/v2",
+            "HorizontalPodAutoscaler",
+            vec!["podinfo", "podinfo-primary"],
+        ),
+        (
+            "v1",
+            "ConfigMap",
+            vec!["podinfo-env", "podinfo-env-primary"],
+        ),
+        (
+            "v1",
+            "Service",
+            vec!["podinfo", "podinfo-canary", "podinfo-primary"],
+        ),
+        (
+            "appmesh.k8s.aws/v1beta2",
+            "VirtualNode",
+            vec!["podinfo-canary", "podinfo-primary"],
+        ),
+        (
+            "appmesh.k8s.aws/v1beta2",
+            "VirtualRouter",
+            vec!["podinfo", "podinfo-canary"],
+        ),
+        (
+            "appmesh.k8s.aws/v1beta2",
+            "VirtualService",
+            vec!["podinfo", "podinfo-canary"],
+        ),
+    ] {
+        let mut have: Vec<String> = api
+            .list(api_version, kind, NS)
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_string())
+            .collect();
+        have.sort();
+        assert_eq!(have, names, "{kind}");
+    }
+    assert_eq!(replicas(&api, "podinfo"), 0, "the target is scaled to zero");
+    assert_eq!(replicas(&api, "podinfo-primary"), 2);
+    assert_eq!(weights(&api), Some((100, 0)));
+    let apex = api.get("v1", "Service", NS, "podinfo").unwrap_or_default();
+    assert_eq!(apex["spec"]["selector"]["app"], "podinfo-primary");
+    let vn = api
+        .get(
+            "appmesh.k8s.aws/v1beta2",
+            "VirtualNode",
+            NS,
+            "podinfo-primary",
+        )
+        .unwrap_or_default();
+    assert_eq!(vn["metadata"]["ownerReferences"][0]["kind"], "Canary");
+    assert_eq!(
+        vn["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "serin"
+    );
+    let primary = api
+        .get("apps/v1", "Deployment", NS, "podinfo-primary")
+        .unwrap_or_default();
+    assert_eq!(
+        primary["spec"]["template"]["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"],
+        "podinfo-env-primary"
+    );
+    let conditions = c["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let cond = |t: &str| {
+        conditions
+            .iter()
+            .find(|x| x["type"] == t)
+            .map(|x| x["status"].clone())
+    };
+    assert_eq!(cond("Promoted"), Some(json!("True")));
+    assert_eq!(cond("Ready"), Some(json!("True")));
+    wait_event(&api, "Initialized").await;
+    let reasons: Vec<String> = events(&api).into_iter().map(|(r, _)| r).collect();
+    assert_eq!(reasons, vec!["Initializing", "Initialized"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_image_is_analysed_promoted_and_scaled_down() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+    set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
+    wait_phase(&api, "Progressing", Duration::from_secs(15)).await;
+    let mut seen = vec![];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while phase(&canary(&api)) != "Succeeded" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not promoted; saw {seen:?}; events {:?}",
+            events(&api)
+        );
+        if let Some(w) = weights(&api)
+            && seen.last() != Some(&w)
+        {
+            seen.push(w);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen,
+        vec![(100, 0), (75, 25), (50, 50), (100, 0)],
+        "weights step as configured"
+    );
+    assert_eq!(
+        image(&api, "podinfo-primary"),
+        "ghcr.io/stefanprodan/podinfo:6.0.1"
+    );
+    assert_eq!(replicas(&api, "podinfo"), 0);
+    let notes: Vec<String> = events(&api).into_iter().map(|(_, n)| n).collect();
+    let expected = [
+        "New revision detected! Scaling up podinfo.test",
+        "Starting canary analysis for podinfo.test",
+        "Advance podinfo.test canary weight 25",
+        "Advance podinfo.test canary weight 50",
+        "Copying podinfo.test template spec to podinfo-primary.test",
+        "Routing all traffic to primary podinfo.test",
+        "Promotion completed! Scaling down podinfo.test",
+    ];
+    let mut at = 0;
+    for n in &notes {
+        if at < expected.len() && n == expected[at] {
+            at += 1;
+        }
+    }
+    assert_eq!(at, expected.len(), "events in order: {notes:#?}");
+    assert!(!prom.queries().is_empty());
+    assert!(
+        prom.queries()[0].contains("kubernetes_namespace=\"test\""),
+        "template rendered: {}",
+        prom.queries()[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_metric_rolls_back_and_the_revision_is_not_retried() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+    prom.set(Some(12.5));
+    set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.2").await;
+    let c = wait_phase(&api, "Failed", Duration::from_secs(60)).await;
+    assert_eq!(c["status"]["failedChecks"], 2);
+    wait_event(&api, "RolledBack").await;
+    assert_eq!(weights(&api), Some((100, 0)));
+    assert_eq!(replicas(&api, "podinfo"), 0);
+    assert_eq!(
+        image(&api, "podinfo-primary"),
+        "ghcr.io/stefanprodan/podinfo:6.0.0"
+    );
+    let evs = events(&api);
+    assert!(
+        evs.iter()
+            .any(|(r, n)| r == "CheckFailed" && n.contains("error-rate 12.50 > 1")),
+        "{evs:#?}"
+    );
+    assert!(
+        evs.iter()
+            .any(|(r, n)| r == "RolledBack" && n == "Canary failed! Scaling down podinfo.test"),
+        "{evs:#?}"
+    );
+    // The failed revision is not retried.
+    prom.set(Some(0.0));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(phase(&canary(&api)), "Failed");
+    assert_eq!(replicas(&api, "podinfo"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_revision_mid_analysis_restarts_at_weight_zero() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+    set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
+    api.wait_for(
+        "serin.dev/v1beta1",
+        "Canary",
+        NS,
+        "podinfo",
+        Duration::from_secs(20),
+        |c| c["status"]["canaryWeight"] == 25,
+    )
+    .await;
+    set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.3").await;
+    api.wait_for(
+        "serin.dev/v1beta1",
+        "Canary",
+        NS,
+        "podinfo",
+        Duration::from_secs(10),
+        |c| c["status"]["canaryWeight"] == 0,
+    )
+    .await;
+    wait_event(&api, "Restarted").await;
+    wait_phase(&api, "Succeeded", Duration::from_secs(60)).await;
+    assert_eq!(
+        image(&api, "podinfo-primary"),
+        "ghcr.io/stefanprodan/podinfo:6.0.3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_controller_resumes_from_status() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let mut controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+    set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
+    api.wait_for(
+        "serin.dev/v1beta1",
+        "Canary",
+        NS,
+        "podinfo",
+        Duration::from_secs(20),
+        |c| c["status"]["canaryWeight"] == 25,
+    )
+    .await;
+    controller.kill().await;
+    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    wait_phase(&api, "Succeeded", Duration::from_secs(60)).await;
+    let advances: Vec<String> = events(&api)
+        .into_iter()
+        .filter(|(r, _)| r == "WeightAdvanced")
+        .map(|(_, n)| n)
+        .collect();
+    assert_eq!(
+        advances,
+        vec![
+            "Advance podinfo.test canary weight 25",
+            "Advance podinfo.test canary weight 50"
+        ],
+        "no step applied twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_conflicts_errors_and_cut_watches_do_not_stop_the_rollout() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+    set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
+    api.fail_next("patch", "virtualrouters", 2, 409);
+    api.fail_next("update", "canaries/status", 2, 409);
+    api.fail_next("patch", "deployments", 1, 500);
+    api.wait_for(
+        "serin.dev/v1beta1",
+        "Canary",
+        NS,
+        "podinfo",
+        Duration::from_secs(30),
+        |c| c["status"]["canaryWeight"] == 25,
+    )
+    .await;
+    assert!(api.cut_watches() > 0);
+    wait_phase(&api, "Succeeded", Duration::from_secs(60)).await;
+    assert_eq!(api.pending_faults(), 0, "every injected fault was hit");
+    assert_eq!(
+        image(&api, "podinfo-primary"),
+        "ghcr.io/stefanprodan/podinfo:6.0.1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leader_election_only_the_leader_writes_and_a_new_leader_finishes() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let mut first = ControllerProcess::start(&api, &prom, &["--instance", "first"]);
+    wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+    let _second = ControllerProcess::start(&api, &prom, &["--instance", "second"]);
+    let lease = api
+        .wait_for(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "default",
+            "serin-leader-election",
+            Duration::from_secs(5),
+            |_| true,
+        )
+        .await;
+    assert_eq!(lease["spec"]["holderIdentity"], "first");
+    set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
+    api.wait_for(
+        "serin.dev/v1beta1",
+        "Canary",
+        NS,
+        "podinfo",
+        Duration::from_secs(20),
+        |c| c["status"]["canaryWeight"] == 25,
+    )
+    .await;
+    let writers: std::collections::BTreeSet<String> = api
+        .list("events.k8s.io/v1", "Event", NS)
+        .iter()
+        .filter_map(|e| e["reportingInstance"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        writers.into_iter().collect::<Vec<_>>(),
+        vec!["first".to_string()],
+        "only the leader writes"
+    );
+    first.kill().await;
+    wait_phase(&api, "Succeeded", Duration::from_secs(90)).await;
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "default",
+            "serin-leader-election",
+        )
+        .unwrap_or_default();
+    assert_eq!(lease["spec"]["holderIdentity"], "second");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_template_stalls_without_touching_traffic_and_resumes_when_created() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let template = api
+        .get("serin.dev/v1beta1", "MetricTemplate", NS, "error-rate")
+        .unwrap_or_default();
+    api.delete("serin.dev/v1beta1", "MetricTemplate", NS, "error-rate");
+    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let c = api
+        .wait_for(
+            "serin.dev/v1beta1",
+            "Canary",
+            NS,
+            "podinfo",
+            Duration::from_secs(20),
+            |c| {
+                c["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|x| x["type"] == "Stalled" && x["status"] == "True")
+                })
+            },
+        )
+        .await;
+    let stalled = c["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let msg = stalled
+        .iter()
+        .find(|x| x["type"] == "Stalled")
+        .map(|x| x["message"].clone())
+        .unwrap_or_default();
+    assert!(
+        msg.as_str()
+            .unwrap_or("")
+            .contains("MetricTemplate error-rate.test"),
+        "{msg}"
+    );
+    assert!(
+        api.get("apps/v1", "Deployment", NS, "podinfo-primary")
+            .is_none(),
+        "nothing created"
+    );
+    assert_eq!(replicas(&api, "podinfo"), 2, "the target still serves");
+    assert!(
+        events(&api)
+            .iter()
+            .any(|(r, _)| r == "MetricTemplateNotFound")
+    );
+    let mut t = template;
+    t["metadata"] = json!({"name": "error-rate", "namespace": NS});
+    api.put(t);
+    wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+}
