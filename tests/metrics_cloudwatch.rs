@@ -119,8 +119,20 @@ async fn metric_stat_statistics_give_the_newest_period() {
     let cw = CloudWatchStandIn::start().await;
     let (older, newest) = (last_minute() - 60.0, last_minute());
     for i in 1..=100 {
-        cw.put("AWS/ApplicationELB", "TargetResponseTime", &ELB, newest + 1.0, f64::from(i));
-        cw.put("AWS/ApplicationELB", "TargetResponseTime", &ELB, older + 1.0, 1000.0);
+        cw.put(
+            "AWS/ApplicationELB",
+            "TargetResponseTime",
+            &ELB,
+            newest + 1.0,
+            f64::from(i),
+        );
+        cw.put(
+            "AWS/ApplicationELB",
+            "TargetResponseTime",
+            &ELB,
+            older + 1.0,
+            1000.0,
+        );
     }
     let metrics = metrics_for(&cw);
     let m = metric("1m", &[("tg", "targetgroup/podinfo-canary/2")]);
@@ -132,7 +144,10 @@ async fn metric_stat_statistics_give_the_newest_period() {
         ("p99", 99.0),
         ("p50", 50.0),
     ] {
-        let spec = template(MetricProviderType::CloudWatch, &stat_query("TargetResponseTime", stat));
+        let spec = template(
+            MetricProviderType::CloudWatch,
+            &stat_query("TargetResponseTime", stat),
+        );
         let r = run(&metrics, &spec, &m).await;
         assert_eq!(r, MetricResult::Value(expected), "{stat}");
     }
@@ -140,8 +155,16 @@ async fn metric_stat_statistics_give_the_newest_period() {
     let (start, end) = cw.last_window().unwrap();
     assert!((end - start - 600.0).abs() < 1.0, "window {}", end - start);
     assert!((now() - end).abs() < 5.0);
-    let spec = template(MetricProviderType::CloudWatch, &stat_query("TargetResponseTime", "Sum"));
-    run(&metrics, &spec, &metric("30s", &[("tg", "targetgroup/podinfo-canary/2")])).await;
+    let spec = template(
+        MetricProviderType::CloudWatch,
+        &stat_query("TargetResponseTime", "Sum"),
+    );
+    run(
+        &metrics,
+        &spec,
+        &metric("30s", &[("tg", "targetgroup/podinfo-canary/2")]),
+    )
+    .await;
     let (start, end) = cw.last_window().unwrap();
     assert!((end - start - 300.0).abs() < 1.0, "window {}", end - start);
 }
@@ -151,9 +174,21 @@ async fn metric_math_and_the_shipped_policies() {
     let cw = CloudWatchStandIn::start().await;
     let t = last_minute();
     cw.put("AWS/ApplicationELB", "RequestCount", &ELB, t + 1.0, 200.0);
-    cw.put("AWS/ApplicationELB", "HTTPCode_Target_5XX_Count", &ELB, t + 1.0, 10.0);
+    cw.put(
+        "AWS/ApplicationELB",
+        "HTTPCode_Target_5XX_Count",
+        &ELB,
+        t + 1.0,
+        10.0,
+    );
     for i in 1..=100 {
-        cw.put("AWS/ApplicationELB", "TargetResponseTime", &ELB, t + 2.0, f64::from(i) / 100.0);
+        cw.put(
+            "AWS/ApplicationELB",
+            "TargetResponseTime",
+            &ELB,
+            t + 2.0,
+            f64::from(i) / 100.0,
+        );
     }
     let metrics = metrics_for(&cw);
     let vars = [
@@ -165,22 +200,53 @@ async fn metric_math_and_the_shipped_policies() {
         serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     };
     let sr = policy("alb-cloudwatch/success-rate.yaml");
-    assert_eq!(run(&metrics, &sr.spec, &metric("1m", &vars)).await, MetricResult::Value(95.0));
+    assert_eq!(
+        run(&metrics, &sr.spec, &metric("1m", &vars)).await,
+        MetricResult::Value(95.0)
+    );
     let p99 = policy("alb-cloudwatch/latency-p99.yaml");
-    assert_eq!(run(&metrics, &p99.spec, &metric("1m", &vars)).await, MetricResult::Value(990.0));
+    assert_eq!(
+        run(&metrics, &p99.spec, &metric("1m", &vars)).await,
+        MetricResult::Value(990.0)
+    );
 
     // no 5xx datapoints at all (CloudWatch sends none when there were none): FILL makes it 100
-    let other = [("LoadBalancer", "app/web/1"), ("TargetGroup", "targetgroup/clean/3")];
+    let other = [
+        ("LoadBalancer", "app/web/1"),
+        ("TargetGroup", "targetgroup/clean/3"),
+    ];
     cw.put("AWS/ApplicationELB", "RequestCount", &other, t + 1.0, 50.0);
-    let clean = [("loadBalancer", "app/web/1"), ("targetGroup", "targetgroup/clean/3")];
-    assert_eq!(run(&metrics, &sr.spec, &metric("1m", &clean)).await, MetricResult::Value(100.0));
+    let clean = [
+        ("loadBalancer", "app/web/1"),
+        ("targetGroup", "targetgroup/clean/3"),
+    ];
+    assert_eq!(
+        run(&metrics, &sr.spec, &metric("1m", &clean)).await,
+        MetricResult::Value(100.0)
+    );
 
     // Envoy counters shipped by the CloudWatch agent
-    let dims = [("ClusterName", "prod"), ("Namespace", "test"), ("app", "podinfo")];
+    let dims = [
+        ("ClusterName", "prod"),
+        ("Namespace", "test"),
+        ("app", "podinfo"),
+    ];
     let mut errors = dims.to_vec();
     errors.push(("envoy_response_code_class", "5"));
-    cw.put("ContainerInsights/Prometheus", "envoy_cluster_upstream_rq_total", &dims, t + 1.0, 400.0);
-    cw.put("ContainerInsights/Prometheus", "envoy_cluster_upstream_rq_xx", &errors, t + 1.0, 4.0);
+    cw.put(
+        "ContainerInsights/Prometheus",
+        "envoy_cluster_upstream_rq_total",
+        &dims,
+        t + 1.0,
+        400.0,
+    );
+    cw.put(
+        "ContainerInsights/Prometheus",
+        "envoy_cluster_upstream_rq_xx",
+        &errors,
+        t + 1.0,
+        4.0,
+    );
     let envoy = policy("appmesh-cloudwatch/success-rate.yaml");
     assert_eq!(
         run(&metrics, &envoy.spec, &metric("1m", &[("cluster", "prod")])).await,
@@ -199,7 +265,10 @@ async fn metric_math_and_the_shipped_policies() {
 async fn no_datapoints_is_no_data_naming_the_query() {
     let cw = CloudWatchStandIn::start().await;
     let metrics = metrics_for(&cw);
-    let spec = template(MetricProviderType::CloudWatch, &stat_query("RequestCount", "Sum"));
+    let spec = template(
+        MetricProviderType::CloudWatch,
+        &stat_query("RequestCount", "Sum"),
+    );
     let m = metric("1m", &[("tg", "targetgroup/none/9")]);
     let r = run(&metrics, &spec, &m).await;
     assert!(
@@ -207,7 +276,10 @@ async fn no_datapoints_is_no_data_naming_the_query() {
         "{r:?}"
     );
     // an expression over an id that does not exist is the service's validation error
-    let bad = template(MetricProviderType::CloudWatch, r#"[{"Id":"e1","Expression":"m9 * 2"}]"#);
+    let bad = template(
+        MetricProviderType::CloudWatch,
+        r#"[{"Id":"e1","Expression":"m9 * 2"}]"#,
+    );
     let r = run(&metrics, &bad, &m).await;
     assert!(
         matches!(&r, MetricResult::Error(msg) if msg.contains("cloudwatch") && msg.contains("ValidationError") && msg.contains("m9")),
@@ -227,7 +299,10 @@ async fn alarms_in_alarm_fail_the_check() {
         min: None,
         max: Some(0.0),
     });
-    let quiet = template(MetricProviderType::CloudWatchAlarms, r#"["podinfo-latency"]"#);
+    let quiet = template(
+        MetricProviderType::CloudWatchAlarms,
+        r#"["podinfo-latency"]"#,
+    );
     let r = run(&metrics, &quiet, &m).await;
     assert_eq!(r, MetricResult::Value(0.0));
     assert_eq!(judge(&m, &r).verdict, Verdict::Pass);
@@ -236,9 +311,16 @@ async fn alarms_in_alarm_fail_the_check() {
         r#"["podinfo-latency", "podinfo-5xx", "podinfo-health"]"#,
     );
     let r = run(&metrics, &firing, &m).await;
-    assert_eq!(r, MetricResult::Value(2.0), "the composite alarm counts too");
+    assert_eq!(
+        r,
+        MetricResult::Value(2.0),
+        "the composite alarm counts too"
+    );
     assert_eq!(judge(&m, &r).verdict, Verdict::Fail);
-    let typo = template(MetricProviderType::CloudWatchAlarms, r#"["podinfo-latency", "podinfo-5XX"]"#);
+    let typo = template(
+        MetricProviderType::CloudWatchAlarms,
+        r#"["podinfo-latency", "podinfo-5XX"]"#,
+    );
     let r = run(&metrics, &typo, &m).await;
     assert!(
         matches!(&r, MetricResult::Error(msg) if msg.contains("cloudwatch-alarms") && msg.contains("podinfo-5XX")),
@@ -246,13 +328,21 @@ async fn alarms_in_alarm_fail_the_check() {
     );
     let not_json = template(MetricProviderType::CloudWatchAlarms, "podinfo-5xx");
     let r = run(&metrics, &not_json, &m).await;
-    assert!(matches!(&r, MetricResult::Error(msg) if msg.contains("JSON array")), "{r:?}");
+    assert!(
+        matches!(&r, MetricResult::Error(msg) if msg.contains("JSON array")),
+        "{r:?}"
+    );
 }
 
 fn result(id: &str, points: &[(i64, f64)]) -> MetricDataResult {
     MetricDataResult::builder()
         .id(id)
-        .set_timestamps(Some(points.iter().map(|(t, _)| AwsDateTime::from_secs(*t)).collect()))
+        .set_timestamps(Some(
+            points
+                .iter()
+                .map(|(t, _)| AwsDateTime::from_secs(*t))
+                .collect(),
+        ))
         .set_values(Some(points.iter().map(|(_, v)| *v).collect()))
         .build()
 }
@@ -265,8 +355,14 @@ async fn mocked_sdk_newest_datapoint_of_the_first_series() {
     let rule = mock!(Client::get_metric_data)
         .match_requests(|req| {
             let span = req.end_time().unwrap().secs() - req.start_time().unwrap().secs();
-            let ids: Vec<_> = req.metric_data_queries().iter().filter_map(|q| q.id()).collect();
-            span == 1200 && ids == ["m1", "m2"] && req.metric_data_queries()[1].expression() == Some("m1 * 2")
+            let ids: Vec<_> = req
+                .metric_data_queries()
+                .iter()
+                .filter_map(|q| q.id())
+                .collect();
+            span == 1200
+                && ids == ["m1", "m2"]
+                && req.metric_data_queries()[1].expression() == Some("m1 * 2")
         })
         .then_output(|| {
             GetMetricDataOutput::builder()
@@ -294,7 +390,11 @@ async fn mocked_sdk_empty_results_and_errors() {
         .await
         .unwrap_err();
     assert_eq!(err.label(), "no-data");
-    assert!(err.to_string().contains("no datapoints for 'm1' in the last 10m"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("no datapoints for 'm1' in the last 10m"),
+        "{err}"
+    );
 
     let denied = mock!(Client::get_metric_data).then_error(|| {
         GetMetricDataError::generic(
@@ -310,7 +410,10 @@ async fn mocked_sdk_empty_results_and_errors() {
         .await
         .unwrap_err();
     let text = err.to_string();
-    assert!(text.starts_with("cloudwatch") && text.contains("AccessDenied"), "{text}");
+    assert!(
+        text.starts_with("cloudwatch") && text.contains("AccessDenied"),
+        "{text}"
+    );
     assert!(text.contains("cloudwatch:GetMetricData"), "{text}");
 }
 
@@ -336,5 +439,11 @@ async fn mocked_sdk_alarm_states() {
         });
     let client = mock_client!(aws_sdk_cloudwatch, [&rule]);
     let alarms = CloudWatchAlarms::from_client(client);
-    assert_eq!(alarms.instant(r#"["a","b"]"#, Duration::from_secs(60)).await.unwrap(), 1.0);
+    assert_eq!(
+        alarms
+            .instant(r#"["a","b"]"#, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        1.0
+    );
 }

@@ -105,7 +105,10 @@ async fn templates_send_the_rendered_query_with_auth_and_headers() {
         .query(&target(Provider::AppMesh), &m, Some(&t), &NoPods, None)
         .await;
     // base64("admin:pw")
-    assert_eq!(prom.requests()[1].headers["authorization"], "Basic YWRtaW46cHc=");
+    assert_eq!(
+        prom.requests()[1].headers["authorization"],
+        "Basic YWRtaW46cHc="
+    );
 
     // a secret with only a username is refused before anything is sent
     let secret = map(&[("username", "admin")]);
@@ -176,7 +179,13 @@ async fn builtins_and_inline_queries_go_to_the_metrics_server() {
         ..Default::default()
     };
     let r = metrics()
-        .query(&target(Provider::GatewayApi), &sr, None, &NoPods, Some(&url))
+        .query(
+            &target(Provider::GatewayApi),
+            &sr,
+            None,
+            &NoPods,
+            Some(&url),
+        )
         .await;
     assert!(
         matches!(&r, MetricResult::Error(msg) if msg.contains("gatewayapi") && msg.contains("MetricTemplate")),
@@ -218,7 +227,10 @@ async fn amazon_managed_prometheus_requests_are_signed() {
     assert_eq!(p.query("vector(1)").await.unwrap(), 1.0);
     let req = &prom.requests()[0];
     let auth = &req.headers["authorization"];
-    assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{auth}");
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+        "{auth}"
+    );
     assert!(auth.contains("/us-east-1/aps/aws4_request"), "{auth}");
     assert!(auth.contains("SignedHeaders=host;x-amz-date"), "{auth}");
     assert!(req.headers.contains_key("x-amz-date"));

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_sdk_cloudwatch::Client;
+use aws_sdk_cloudwatch::config::http::HttpResponse;
 use aws_sdk_cloudwatch::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_cloudwatch::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudwatch::primitives::DateTime as AwsDateTime;
@@ -20,6 +21,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
+use super::http::excerpt;
 use super::{MetricsConfig, MetricsError, MetricsProvider, Point, TimeRange};
 
 pub const KIND: &str = "cloudwatch";
@@ -55,12 +57,17 @@ impl AwsClients {
         let timeouts = aws_config::timeout::TimeoutConfig::builder()
             .connect_timeout(self.timeout)
             .operation_attempt_timeout(self.timeout)
-            .operation_timeout(self.timeout * 3)
             .build();
+        // Three attempts with short backoff: a check is bounded by about 3 × timeout + 2 s.
+        let retries = aws_config::retry::RetryConfig::standard()
+            .with_max_attempts(3)
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(1));
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .http_client(http)
-            .timeout_config(timeouts);
+            .timeout_config(timeouts)
+            .retry_config(retries);
         if let Some(c) = &self.credentials {
             loader = loader.credentials_provider(c.clone());
         }
@@ -105,15 +112,14 @@ impl AwsClients {
     }
 }
 
-fn describe<E, R>(
+fn describe<E>(
     provider: &'static str,
     at: &str,
     timeout: Duration,
-    e: &SdkError<E, R>,
+    e: &SdkError<E, HttpResponse>,
 ) -> MetricsError
 where
     E: std::error::Error + ProvideErrorMetadata + 'static,
-    R: std::fmt::Debug,
 {
     match e {
         SdkError::TimeoutError(_) => MetricsError::Timeout {
@@ -128,14 +134,37 @@ where
         },
         SdkError::ServiceError(s) => {
             let err = s.err();
-            let text = format!(
-                "{}: {}",
-                err.code().unwrap_or("error"),
-                err.message().unwrap_or("no message")
-            );
-            MetricsError::Aws {
-                provider,
-                detail: format!("{at}: {text}"),
+            let status = s.raw().status().as_u16();
+            let body = s
+                .raw()
+                .body()
+                .bytes()
+                .map(|b| excerpt(&String::from_utf8_lossy(b), 200))
+                .unwrap_or_default();
+            if status < 300 {
+                return MetricsError::BadResponse {
+                    provider,
+                    detail: format!(
+                        "{at}: the answer is not CloudWatch's protocol ({}); it starts with: {body}",
+                        DisplayErrorContext(e)
+                    ),
+                };
+            }
+            match (err.code(), err.message()) {
+                (Some(code), message) if status < 500 => MetricsError::Aws {
+                    provider,
+                    detail: format!("{at}: {code}: {}", message.unwrap_or("no message")),
+                },
+                (code, message) => MetricsError::Http {
+                    provider,
+                    at: at.to_string(),
+                    status,
+                    body: match (code, message) {
+                        (Some(c), Some(m)) => format!("{c}: {m}"),
+                        (Some(c), None) => c.to_string(),
+                        _ => body,
+                    },
+                },
             }
         }
         SdkError::ResponseError(_) => MetricsError::BadResponse {
@@ -169,7 +198,7 @@ impl CloudWatch {
         let timeout = client
             .config()
             .timeout_config()
-            .and_then(|t| t.operation_timeout())
+            .and_then(|t| t.operation_attempt_timeout())
             .unwrap_or(Duration::from_secs(15));
         CloudWatch {
             client,

@@ -27,9 +27,7 @@ pub struct Backend {
 impl Backend {
     pub async fn start() -> Backend {
         let behaviour = Arc::new(Mutex::new(Behaviour::default()));
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(behaviour.clone());
+        let app = Router::new().fallback(handle).with_state(behaviour.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {

@@ -85,7 +85,14 @@ impl CloudWatchStandIn {
     }
 
     /// Records one sample of a metric at `time` (seconds since the epoch).
-    pub fn put(&self, namespace: &str, name: &str, dimensions: &[(&str, &str)], time: f64, value: f64) {
+    pub fn put(
+        &self,
+        namespace: &str,
+        name: &str,
+        dimensions: &[(&str, &str)],
+        time: f64,
+        value: f64,
+    ) {
         self.world.lock().unwrap().data.push(Datum {
             namespace: namespace.into(),
             name: name.into(),
@@ -105,6 +112,11 @@ impl CloudWatchStandIn {
             .unwrap()
             .alarms
             .insert(name.into(), (state.into(), composite));
+    }
+
+    /// Forgets every datapoint.
+    pub fn clear_data(&self) {
+        self.world.lock().unwrap().data.clear();
     }
 
     pub fn set_fault(&self, fault: Option<Fault>) {
@@ -208,7 +220,10 @@ async fn operation(
         None => {}
     }
     if headers.get("smithy-protocol").map(|v| v.as_bytes()) != Some(b"rpc-v2-cbor") {
-        return error("InvalidRequest", "missing header smithy-protocol: rpc-v2-cbor");
+        return error(
+            "InvalidRequest",
+            "missing header smithy-protocol: rpc-v2-cbor",
+        );
     }
     let input: Value = match ciborium::de::from_reader(&body[..]) {
         Ok(v) => v,
@@ -265,8 +280,12 @@ fn get_metric_data(world: &Mutex<World>, input: &Value) -> Response {
                 _ => BTreeMap::new(),
             };
             Query::Stat {
-                namespace: metric.and_then(|m| get_str(m, "Namespace")).unwrap_or_default(),
-                name: metric.and_then(|m| get_str(m, "MetricName")).unwrap_or_default(),
+                namespace: metric
+                    .and_then(|m| get_str(m, "Namespace"))
+                    .unwrap_or_default(),
+                name: metric
+                    .and_then(|m| get_str(m, "MetricName"))
+                    .unwrap_or_default(),
                 dimensions: dims,
                 period: get(ms, "Period").and_then(number).unwrap_or(60.0),
                 stat: get_str(ms, "Stat").unwrap_or_default(),
@@ -294,7 +313,9 @@ fn get_metric_data(world: &Mutex<World>, input: &Value) -> Response {
             stat,
         } = q
         {
-            match stat_series(&data, namespace, name, dimensions, *period, stat, start, end) {
+            match stat_series(
+                &data, namespace, name, dimensions, *period, stat, start, end,
+            ) {
                 Ok(s) => {
                     series.insert(id.clone(), s);
                 }
@@ -418,7 +439,10 @@ struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     fn new(s: &'a str) -> Self {
-        Parser { s: s.as_bytes(), i: 0 }
+        Parser {
+            s: s.as_bytes(),
+            i: 0,
+        }
     }
 
     fn parse(mut self) -> Result<Expr, String> {
@@ -472,11 +496,15 @@ impl<'a> Parser<'a> {
             }
             Some(c) if c.is_ascii_digit() || c == b'.' => {
                 let start = self.i;
-                while self.i < self.s.len() && (self.s[self.i].is_ascii_digit() || self.s[self.i] == b'.') {
+                while self.i < self.s.len()
+                    && (self.s[self.i].is_ascii_digit() || self.s[self.i] == b'.')
+                {
                     self.i += 1;
                 }
                 let t = std::str::from_utf8(&self.s[start..self.i]).unwrap();
-                t.parse().map(Expr::Num).map_err(|_| format!("bad number {t}"))
+                t.parse()
+                    .map(Expr::Num)
+                    .map_err(|_| format!("bad number {t}"))
             }
             Some(c) if c.is_ascii_alphabetic() => {
                 let start = self.i;
@@ -485,7 +513,9 @@ impl<'a> Parser<'a> {
                 {
                     self.i += 1;
                 }
-                let word = std::str::from_utf8(&self.s[start..self.i]).unwrap().to_string();
+                let word = std::str::from_utf8(&self.s[start..self.i])
+                    .unwrap()
+                    .to_string();
                 if self.peek() == Some(b'(') {
                     if word != "FILL" {
                         return Err(format!("function {word} is not supported by the stand-in"));
@@ -591,7 +621,11 @@ fn describe_alarms(world: &Mutex<World>, input: &Value) -> Response {
         if names.as_ref().is_some_and(|n| !n.contains(&name)) {
             continue;
         }
-        let kind = if is_composite { "CompositeAlarm" } else { "MetricAlarm" };
+        let kind = if is_composite {
+            "CompositeAlarm"
+        } else {
+            "MetricAlarm"
+        };
         if !types.iter().any(|t| t == kind) {
             continue;
         }
