@@ -90,6 +90,7 @@ impl World {
                 status: &self.status,
                 observed: &observed,
                 probes: &probes,
+                request: None,
                 now: self.now,
             };
             match decide(&input) {

@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 use super::duration;
 use super::status::CanaryStatus;
 
+/// Annotation carrying a manual request: `<verb> <id>`, with verb `promote`, `promote-full`,
+/// `abort` or `retry` and an id that makes each request distinct (the CLI writes a timestamp).
+/// Each distinct value is carried out once and acknowledged in `status.handledRequest`.
+pub const REQUEST_ANNOTATION: &str = "serin.dev/request";
+
 /// Built-in metric names that need neither a query nor a template.
 pub const BUILTIN_METRICS: [&str; 2] = ["request-success-rate", "request-duration"];
 

@@ -467,6 +467,11 @@ impl<'a> Reconciler<'a> {
                 status: &status,
                 observed: &world.observed,
                 probes: &probes,
+                request: self
+                    .canary
+                    .annotations()
+                    .get(crate::api::REQUEST_ANNOTATION)
+                    .map(String::as_str),
                 now,
             };
             match engine::decide(&input) {

@@ -285,6 +285,13 @@ impl<'a> Run<'a> {
             return Ok(());
         }
         self.check_routes();
+        if let Some(request) = self.input.request
+            && self.status.handled_request.as_deref() != Some(request)
+        {
+            self.status.handled_request = Some(request.to_string());
+            self.requeue_in(Duration::zero());
+            return self.handle_request(request);
+        }
         match self.status.phase {
             Phase::Initializing => self.initialize(),
             Phase::Initialized | Phase::Succeeded | Phase::Failed => self.idle(),
@@ -293,6 +300,139 @@ impl<'a> Run<'a> {
             Phase::Promoting => self.promote(),
             Phase::Finalising => self.finalise(),
             Phase::Terminating => Ok(()),
+        }
+    }
+
+    /// A manual request (`promote`, `promote-full`, `abort`, `retry`), carried out once.
+    fn handle_request(&mut self, request: &str) -> Step {
+        let verb = request.split_whitespace().next().unwrap_or("");
+        let id = self.id();
+        let phase = self.status.phase;
+        let nothing = |what: &str| format!("{what} requested for {id}, but {phase}: nothing to do");
+        match verb {
+            "promote" => match phase {
+                Phase::Waiting => {
+                    self.event(
+                        EventType::Normal,
+                        Reason::Requested,
+                        format!("Promote requested: starting {id} without approval"),
+                    );
+                    self.begin_run()
+                }
+                Phase::WaitingPromotion => {
+                    self.event(
+                        EventType::Normal,
+                        Reason::Requested,
+                        format!("Promote requested: promoting {id} without approval"),
+                    );
+                    self.begin_promotion()
+                }
+                Phase::Progressing
+                    if self
+                        .status
+                        .waiting_for
+                        .as_deref()
+                        .is_some_and(|w| w.starts_with("traffic increase approval")) =>
+                {
+                    let next = next_canary_weight(&self.analysis, self.status.canary_weight);
+                    self.event(
+                        EventType::Normal,
+                        Reason::Requested,
+                        format!("Promote requested: advancing {id} without approval"),
+                    );
+                    self.clear_wait();
+                    self.set_weights(Weights::canary(next));
+                    self.status.last_analysis_time = Some(self.now());
+                    self.event(
+                        EventType::Normal,
+                        Reason::WeightAdvanced,
+                        format!("Advance {id} canary weight {next}"),
+                    );
+                    Ok(())
+                }
+                _ => {
+                    self.event(
+                        EventType::Normal,
+                        Reason::Requested,
+                        format!("{}; no gate is waiting", nothing("Promote")),
+                    );
+                    Ok(())
+                }
+            },
+            "promote-full" => match phase {
+                Phase::Progressing | Phase::WaitingPromotion => {
+                    self.event(
+                        EventType::Normal,
+                        Reason::Requested,
+                        format!("Full promotion requested: skipping the remaining steps of {id}"),
+                    );
+                    self.begin_promotion()
+                }
+                Phase::Waiting => {
+                    self.event(
+                        EventType::Normal,
+                        Reason::Requested,
+                        format!("Full promotion requested for {id}, but the run has not started: request promote first"),
+                    );
+                    Ok(())
+                }
+                _ => {
+                    self.event(
+                        EventType::Normal,
+                        Reason::Requested,
+                        nothing("Full promotion"),
+                    );
+                    Ok(())
+                }
+            },
+            "abort" => match phase {
+                Phase::Waiting | Phase::Progressing | Phase::WaitingPromotion => {
+                    self.event(
+                        EventType::Warning,
+                        Reason::Requested,
+                        format!("Abort requested: rolling back {id}"),
+                    );
+                    self.rollback("Rollout aborted by request".into())
+                }
+                Phase::Promoting | Phase::Finalising => {
+                    self.event(
+                        EventType::Warning,
+                        Reason::Requested,
+                        format!("Abort requested for {id}, but the promotion is under way; revert the target to roll back"),
+                    );
+                    Ok(())
+                }
+                _ => {
+                    self.event(EventType::Normal, Reason::Requested, nothing("Abort"));
+                    Ok(())
+                }
+            },
+            "retry" => match phase {
+                Phase::Failed => {
+                    self.event(
+                        EventType::Normal,
+                        Reason::Requested,
+                        format!("Retry requested: running {id} again"),
+                    );
+                    self.status.last_applied_spec = None;
+                    self.idle()
+                }
+                _ => {
+                    self.event(EventType::Normal, Reason::Requested, nothing("Retry"));
+                    Ok(())
+                }
+            },
+            other => {
+                self.event(
+                    EventType::Warning,
+                    Reason::InvalidRequest,
+                    format!(
+                        "Unknown request '{other}' in annotation {}: use promote, promote-full, abort or retry",
+                        crate::api::REQUEST_ANNOTATION
+                    ),
+                );
+                Ok(())
+            }
         }
     }
 

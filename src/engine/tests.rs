@@ -62,6 +62,8 @@ struct World {
     routes: Option<Weights>,
     hooks: BTreeMap<HookType, HookResult>,
     metrics: BTreeMap<String, MetricResult>,
+    /// The manual request annotation.
+    request: Option<String>,
     /// Every probe asked for, in order.
     asked: Vec<Probe>,
     decisions: Vec<Decision>,
@@ -83,6 +85,7 @@ impl World {
                 "request-success-rate".to_string(),
                 MetricResult::Value(100.0),
             )]),
+            request: None,
             asked: vec![],
             decisions: vec![],
         }
@@ -129,6 +132,7 @@ impl World {
                 status: &self.status,
                 observed,
                 probes: &probes,
+                request: self.request.as_deref(),
                 now: self.now,
             };
             match decide(&input) {
@@ -873,6 +877,7 @@ fn missing_target_is_reported() {
         status: &w.status,
         observed: &observed,
         probes: &ProbeResults::default(),
+        request: None,
         now: w.now,
     };
     let Outcome::Decided(d) = decide(&input) else {
@@ -891,6 +896,96 @@ fn routes_read_back_wrong_are_rewritten() {
     let d = w.after(Duration::seconds(5));
     assert!(reasons(&d).contains(&Reason::RouteMismatch));
     assert!(has(&d, &Action::SetWeights(Weights::canary(20))));
+}
+
+// ---- manual requests ------------------------------------------------------------------------
+
+#[test]
+fn promote_request_opens_the_waiting_gate_once() {
+    let mut s = canary_spec();
+    s.analysis.as_mut().unwrap().webhooks = Some(vec![hook("confirm-promotion", "approve")]);
+    let mut w = progressing_at(s, 50);
+    w.gate(HookType::ConfirmPromotion, false);
+    assert_eq!(w.after(minute()).status.phase, Phase::WaitingPromotion);
+    w.request = Some("promote 1".into());
+    let d = w.after(Duration::seconds(5));
+    assert_eq!(d.status.phase, Phase::Promoting);
+    assert!(has(&d, &Action::PromoteToPrimary));
+    assert_eq!(d.status.handled_request.as_deref(), Some("promote 1"));
+    assert_eq!(d.requeue_after, Some(Duration::zero()));
+    // The same request is not applied twice.
+    let d = w.tick();
+    assert!(!reasons(&d).contains(&Reason::Requested));
+}
+
+#[test]
+fn promote_request_advances_past_a_closed_traffic_gate() {
+    let mut s = canary_spec();
+    s.analysis.as_mut().unwrap().webhooks = Some(vec![hook("confirm-traffic-increase", "more")]);
+    let mut w = progressing_at(s, 20);
+    w.gate(HookType::ConfirmTrafficIncrease, false);
+    w.after(minute());
+    assert_eq!(w.status.canary_weight, 20);
+    w.request = Some("promote a".into());
+    let d = w.after(Duration::seconds(1));
+    assert_eq!(d.status.canary_weight, 30);
+    assert_eq!(w.routes, Some(Weights::canary(30)));
+}
+
+#[test]
+fn promote_full_skips_the_remaining_steps() {
+    let mut w = progressing_at(canary_spec(), 10);
+    w.request = Some("promote-full x".into());
+    let d = w.after(Duration::seconds(3));
+    assert_eq!(d.status.phase, Phase::Promoting);
+    assert!(has(&d, &Action::PromoteToPrimary));
+    w.primary = Some(Readiness::Ready);
+    let d = w.after(Duration::seconds(5));
+    assert_eq!(d.status.phase, Phase::Finalising);
+}
+
+#[test]
+fn abort_rolls_back_at_once_and_retry_runs_the_revision_again() {
+    let mut w = progressing_at(canary_spec(), 30);
+    w.request = Some("abort 1".into());
+    let d = w.after(Duration::seconds(2));
+    assert_eq!(d.status.phase, Phase::Failed);
+    assert_eq!(w.routes, Some(Weights::ALL_PRIMARY));
+    assert!(d.actions.iter().any(
+        |a| matches!(a, Action::Notify { message, .. } if message == "Rollout aborted by request")
+    ));
+    let d = w.after(minute());
+    assert_eq!(
+        d.status.phase,
+        Phase::Failed,
+        "the aborted revision is not retried by itself"
+    );
+    w.request = Some("retry 2".into());
+    let d = w.after(Duration::seconds(2));
+    assert_eq!(d.status.phase, Phase::Progressing);
+    assert!(has(&d, &Action::ScaleTarget(Scale::Up)));
+}
+
+#[test]
+fn requests_that_do_not_apply_say_so_and_unknown_ones_are_rejected() {
+    let mut w = World::initialized(canary_spec());
+    w.request = Some("abort 1".into());
+    let d = w.after(Duration::seconds(1));
+    assert_eq!(d.status.phase, Phase::Initialized);
+    assert!(
+        d.events[0].message.contains("nothing to do"),
+        "{}",
+        d.events[0].message
+    );
+    assert!(d.actions.is_empty());
+    w.request = Some("promte 2".into());
+    let d = w.after(Duration::seconds(1));
+    assert_eq!(reasons(&d), vec![Reason::InvalidRequest]);
+    assert!(
+        d.events[0]
+            .message
+            .contains("use promote, promote-full, abort or retry")
+    );
 }
 
 // ---- Flagger's scheduler scenarios (FB §7.1), re-expressed --------------------------------

@@ -190,6 +190,8 @@ pub enum Reason {
     RouteMismatch,
     HookFailed,
     AlertFailed,
+    Requested,
+    InvalidRequest,
     Suspended,
     Resumed,
     InvalidSpec,
@@ -220,6 +222,8 @@ impl Reason {
             Reason::RollbackRequested => "RollbackRequested",
             Reason::RouteMismatch => "RouteMismatch",
             Reason::HookFailed => "HookFailed",
+            Reason::Requested => "Requested",
+            Reason::InvalidRequest => "InvalidRequest",
             Reason::AlertFailed => "AlertFailed",
             Reason::Suspended => "Suspended",
             Reason::Resumed => "Resumed",
@@ -264,5 +268,7 @@ pub struct Input<'a> {
     pub status: &'a CanaryStatus,
     pub observed: &'a Observed,
     pub probes: &'a ProbeResults,
+    /// The Canary's manual request annotation, if any (see `api::REQUEST_ANNOTATION`).
+    pub request: Option<&'a str>,
     pub now: DateTime<Utc>,
 }

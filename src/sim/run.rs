@@ -465,6 +465,7 @@ where
                 status: &self.status,
                 observed: &observed,
                 probes: &probes,
+                request: None,
                 now,
             };
             match (self.decide)(&input) {

@@ -683,11 +683,21 @@ status: {observedGeneration: 2, replicas: 2, updatedReplicas: 2, availableReplic
             "podinfo-primary"
         );
         assert_eq!(p.metadata.owner_references.unwrap()[0].kind, "Canary");
-        let with_hpa = primary_deployment(&d, "test", &owner, &refs, "id-1", true).unwrap();
+        let scaled = p_clone_with_replicas(&d, 5);
         assert_eq!(
-            with_hpa.spec.unwrap().replicas,
-            None,
-            "the HPA owns replicas"
+            primary_replicas(&d, Some(&scaled), true),
+            5,
+            "the HPA's count is kept"
+        );
+        assert_eq!(
+            primary_replicas(&d, Some(&scaled), false),
+            2,
+            "without an HPA, the target's"
+        );
+        assert_eq!(
+            primary_replicas(&d, None, true),
+            2,
+            "created with the target's count"
         );
     }
 
@@ -731,7 +741,7 @@ status: {observedGeneration: 2, replicas: 2, updatedReplicas: 2, availableReplic
             &owner_ref("c", "u"),
             &[],
             "i",
-            false,
+            2,
         )
         .unwrap();
         assert_eq!(scale_up_replicas(&d, Some(&p), None), 2);
