@@ -18,6 +18,12 @@ if [ ! -x "$SERIN_TEST_VENV/bin/envoy" ]; then
 fi
 export SERIN_TEST_ENVOY=${SERIN_TEST_ENVOY:-$SERIN_TEST_VENV/bin/envoy}
 # --- end of metrics tests block ---
+# --- Kubernetes API stand-in tests: kubectl (tests/apiserver.rs runs it against the stand-in) ---
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "tests/apiserver.rs needs kubectl (1.32 or later) on PATH; it is preinstalled at /usr/bin/kubectl on CI machines" >&2
+  exit 1
+fi
+# --- end of Kubernetes API stand-in block ---
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --all-targets --no-fail-fast
 else
