@@ -142,7 +142,7 @@ async fn prometheus_builtins_measure_what_the_canary_envoy_served() {
     let healthy = value(&query(&sr).await).unwrap();
     assert!(healthy > 99.9, "healthy canary success rate {healthy}");
     let fast = value(&query(&p99).await).unwrap();
-    assert!(fast < 25.0, "healthy canary p99 {fast} ms");
+    assert!(fast < 100.0, "healthy canary p99 {fast} ms");
 
     // the canary starts failing: 10 % errors, 150 ms answers
     canary_backend.set(0.1, Duration::from_millis(150));
@@ -223,7 +223,7 @@ async fn scrape_builtins_measure_what_the_canary_envoy_served() {
     let healthy = value(&query(&sr).await).unwrap();
     assert_eq!(healthy, 100.0);
     let fast = value(&query(&p99).await).unwrap();
-    assert!(fast < 25.0, "healthy canary p99 {fast} ms");
+    assert!(fast < 100.0, "healthy canary p99 {fast} ms");
 
     backend.set(0.1, Duration::from_millis(150));
     let seen = wait_until(
