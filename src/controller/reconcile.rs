@@ -291,40 +291,16 @@ impl<'a> Reconciler<'a> {
                     }));
                 }
             };
-            let pod_spec = t
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.spec.clone())
-                .unwrap_or_default();
-            let mut tracked = BTreeMap::new();
-            let mut configs = Vec::new();
-            for r in workload::config_refs(&pod_spec) {
-                match self.config_checksum(&r).await? {
-                    Some(sum) => {
-                        tracked.insert(format!("{}/{}", r.kind.key_prefix(), r.name), sum);
-                        configs.push(r);
-                    }
-                    None if r.optional => {}
-                    None => {
+            let (revision, tracked) =
+                match workload::deployment_revision(&self.ctx.client, &self.ns, t).await? {
+                    Ok(r) => r,
+                    Err(e) => {
                         return Ok(Err(Stall {
                             reason: "MissingConfig",
-                            message: workload::WorkloadError::MissingConfig {
-                                kind: match r.kind {
-                                    ConfigKind::ConfigMap => "ConfigMap",
-                                    ConfigKind::Secret => "Secret",
-                                },
-                                name: format!("{}.{}", r.name, self.ns),
-                            }
-                            .to_string(),
+                            message: e.to_string(),
                         }));
                     }
-                }
-            }
-            let template = t
-                .spec
-                .as_ref()
-                .map(|s| s.template.clone())
-                .unwrap_or_default();
+                };
             let replicas = t.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let readiness = if replicas == 0 {
                 Readiness::NotReady("the target is scaled to zero".into())
@@ -332,11 +308,11 @@ impl<'a> Reconciler<'a> {
                 workload::readiness(t, analysis.canary_ready_threshold.unwrap_or(100))
             };
             world.observed.target = Some(TargetState {
-                revision: workload::revision(&template, &tracked),
-                tracked_configs: tracked,
+                revision,
+                tracked_configs: tracked.checksums,
                 readiness,
             });
-            world.configs = configs;
+            world.configs = tracked.refs;
             world.label = Some(label);
         }
         if let Some(a) = &self.spec.autoscaler_ref {
@@ -406,26 +382,6 @@ impl<'a> Reconciler<'a> {
         }
         world.observed.routes = self.read_routes(world.label.as_ref()).await?;
         Ok(Ok(world))
-    }
-
-    async fn config_checksum(&self, r: &ConfigRef) -> Result<Option<String>, ReconcileError> {
-        Ok(match r.kind {
-            ConfigKind::ConfigMap => {
-                let api: Api<ConfigMap> = self.api();
-                api.get_opt(&r.name)
-                    .await?
-                    .map(|c| workload::configmap_checksum(&c))
-            }
-            ConfigKind::Secret => {
-                let api: Api<Secret> = self.api();
-                match api.get_opt(&r.name).await? {
-                    Some(s) if workload::secret_is_tracked(&s) => {
-                        Some(workload::secret_checksum(&s))
-                    }
-                    Some(_) | None => None,
-                }
-            }
-        })
     }
 
     async fn read_routes(

@@ -210,6 +210,75 @@ pub fn secret_is_tracked(s: &Secret) -> bool {
     )
 }
 
+/// The ConfigMaps and Secrets a pod template uses that exist (and are tracked), with their
+/// checksums keyed `configmap/<name>` or `secret/<name>` as [`revision`] takes them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TrackedConfigs {
+    pub checksums: BTreeMap<String, String>,
+    pub refs: Vec<ConfigRef>,
+}
+
+/// Reads the configs `spec` refers to in namespace `ns`. A missing reference that is not
+/// optional is a [`WorkloadError::MissingConfig`]; the outer error is the API's.
+pub async fn tracked_configs(
+    client: &kube::Client,
+    ns: &str,
+    spec: &PodSpec,
+) -> Result<Result<TrackedConfigs, WorkloadError>, kube::Error> {
+    let configmaps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), ns);
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), ns);
+    let mut out = TrackedConfigs::default();
+    for r in config_refs(spec) {
+        let sum = match r.kind {
+            ConfigKind::ConfigMap => configmaps
+                .get_opt(&r.name)
+                .await?
+                .map(|c| configmap_checksum(&c)),
+            ConfigKind::Secret => secrets
+                .get_opt(&r.name)
+                .await?
+                .filter(secret_is_tracked)
+                .map(|s| secret_checksum(&s)),
+        };
+        match sum {
+            Some(sum) => {
+                out.checksums
+                    .insert(format!("{}/{}", r.kind.key_prefix(), r.name), sum);
+                out.refs.push(r);
+            }
+            None if r.optional => {}
+            None => {
+                return Ok(Err(WorkloadError::MissingConfig {
+                    kind: match r.kind {
+                        ConfigKind::ConfigMap => "ConfigMap",
+                        ConfigKind::Secret => "Secret",
+                    },
+                    name: format!("{}.{ns}", r.name),
+                }));
+            }
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// The revision of a Deployment's pod template as the controller computes it: the template
+/// with the checksums of its tracked configs. `Ok(Err(_))` when a required config is missing.
+pub async fn deployment_revision(
+    client: &kube::Client,
+    ns: &str,
+    d: &Deployment,
+) -> Result<Result<(String, TrackedConfigs), WorkloadError>, kube::Error> {
+    let template = d
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let pod_spec = template.spec.clone().unwrap_or_default();
+    Ok(tracked_configs(client, ns, &pod_spec)
+        .await?
+        .map(|t| (revision(&template, &t.checksums), t)))
+}
+
 fn deployment_condition<'a>(
     d: &'a Deployment,
     type_: &str,
