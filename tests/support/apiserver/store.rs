@@ -116,15 +116,15 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// The metadata map of an object (created when missing). Objects reaching the store are JSON
+/// objects: request bodies are checked by `check_type` first.
 fn meta_mut(obj: &mut Value) -> &mut serde_json::Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    // The line above guarantees `metadata` is an object, and `obj` is an object because
-    // indexing a non-object `Value` with a string key would have panicked in serde_json.
-    match obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        Some(m) => m,
-        None => unreachable!("metadata was just set to an object"),
+    match obj["metadata"] {
+        Value::Object(ref mut m) => m,
+        _ => unreachable!("metadata was just set to an object"),
     }
 }
 
@@ -498,7 +498,7 @@ impl Store {
         Self::check_type(rt, &body, Sub::Main)?;
         let mut obj = objects::from_view(rt, body);
         obj["apiVersion"] = json!(self.stored_api_version(rt));
-        obj["kind"] = json!(self.stored_kind(rt));
+        obj["kind"] = json!(rt.kind);
         let meta = meta_mut(&mut obj);
         if meta
             .get("resourceVersion")
@@ -580,10 +580,6 @@ impl Store {
             Some(_) => "v1".into(),
             None => rt.api_version(),
         }
-    }
-
-    fn stored_kind(&self, rt: &ResourceType) -> String {
-        rt.kind.clone()
     }
 
     /// The write rules shared by PUT and PATCH of an existing object. `candidate` is the
@@ -716,7 +712,7 @@ impl Store {
         Ok(objects::to_view(rt, stored))
     }
 
-    fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
+    fn scale_of(obj: &Value) -> Value {
         let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
         let selector: Vec<String> = obj
             .pointer("/spec/selector/matchLabels")
@@ -727,7 +723,6 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default();
-        let _ = rt;
         json!({
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
@@ -756,7 +751,7 @@ impl Store {
     ) -> Result<Value, ApiError> {
         let obj = self.get(rt, ns, name)?;
         Ok(match sub {
-            Sub::Scale => Self::scale_of(rt, &obj),
+            Sub::Scale => Self::scale_of(&obj),
             _ => obj,
         })
     }
@@ -787,7 +782,7 @@ impl Store {
             })?;
         obj["spec"]["replicas"] = replicas;
         let out = self.write_existing(rt, (ns, name), obj, Sub::Main, (false, dry_run))?;
-        Ok(Self::scale_of(rt, &out))
+        Ok(Self::scale_of(&out))
     }
 
     /// PUT.
