@@ -67,6 +67,69 @@ impl ControllerProcess {
     async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+
+    /// The address the /metrics server bound, read from the log.
+    async fn address(&self) -> String {
+        for _ in 0..200 {
+            let text = strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default());
+            if let Some(at) = text.find("address=") {
+                let rest = &text[at + "address=".len()..];
+                return rest.split_whitespace().next().unwrap_or("").to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the controller did not log its address");
+    }
+
+    /// `/metrics` as (series with labels, value) lines.
+    async fn metrics(&self) -> Vec<(String, f64)> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let url = format!("http://{}/metrics", self.address().await);
+        let text = reqwest::get(&url)
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("body");
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// Text without terminal colour sequences.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of the one series that starts with `name` and has every `label="value"` given.
+fn series(metrics: &[(String, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .iter()
+        .find(|(s, _)| {
+            (s == name || s.starts_with(&format!("{name}{{")))
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| *v)
 }
 
 /// Makes Deployments ready the way a kubelet and the Deployment controller would: after a
@@ -384,7 +447,7 @@ async fn new_image_is_analysed_promoted_and_scaled_down() {
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
     fixtures(&api, &prom, analysis());
-    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
     wait_phase(&api, "Progressing", Duration::from_secs(15)).await;
@@ -444,13 +507,37 @@ async fn failing_metric_rolls_back_and_the_revision_is_not_retried() {
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
     fixtures(&api, &prom, analysis());
-    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     prom.set(Some(12.5));
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.2").await;
     let c = wait_phase(&api, "Failed", Duration::from_secs(60)).await;
     assert_eq!(c["status"]["failedChecks"], 2);
     wait_event(&api, "RolledBack").await;
+    let m = controller.metrics().await;
+    let this = [("name", "podinfo"), ("namespace", "test")];
+    assert_eq!(series(&m, "serin_canary_status", &this), Some(2.0));
+    assert_eq!(series(&m, "serin_canary_failed_checks", &this), Some(2.0));
+    assert_eq!(
+        series(&m, "serin_canary_metric_value", &[("metric", "error-rate")]),
+        Some(12.5)
+    );
+    assert_eq!(
+        series(
+            &m,
+            "serin_canary_metric_verdict",
+            &[("metric", "error-rate"), ("verdict", "Fail")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            "serin_rollout_duration_seconds_count",
+            &[("outcome", "rolled_back")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(weights(&api), Some((100, 0)));
     assert_eq!(replicas(&api, "podinfo"), 0);
     assert_eq!(

@@ -90,9 +90,9 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let default_provider: Provider = serde_json::from_value(serde_json::json!(args.provider))
         .map_err(|_| ControllerError::Provider(args.provider.clone()))?;
-    let client = client(&args).await?;
-    let instance = args.instance.clone().unwrap_or_else(default_instance);
     let metrics = Arc::new(telemetry::Metrics::default());
+    let client = client(&args, metrics.clone()).await?;
+    let instance = args.instance.clone().unwrap_or_else(default_instance);
     let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -247,7 +247,10 @@ where
     }
 }
 
-async fn client(args: &ControllerArgs) -> Result<Client, ControllerError> {
+async fn client(
+    args: &ControllerArgs,
+    metrics: Arc<telemetry::Metrics>,
+) -> Result<Client, ControllerError> {
     let config = match &args.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -260,7 +263,10 @@ async fn client(args: &ControllerArgs) -> Result<Client, ControllerError> {
             .await
             .map_err(|e| ControllerError::Config(e.to_string()))?,
     };
-    Client::try_from(config).map_err(ControllerError::Api)
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(ControllerError::Api)?;
+    Ok(builder
+        .with_layer(&telemetry::count_requests(metrics))
+        .build())
 }
 
 async fn appmesh_installed(client: &Client) -> bool {

@@ -1,6 +1,6 @@
 //! One reconcile of one Canary: observe (reads only), ask the engine (running the probes it
-//! needs), act (idempotent writes), then write status with the resourceVersion it was read at,
-//! so a stale writer loses with 409 instead of overwriting. Events are recorded last.
+//! needs), act (idempotent writes), record Events, then write status with the resourceVersion
+//! it was read at, so a stale writer loses with 409 instead of overwriting.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +20,9 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::probes::Probes;
-use super::telemetry::{CanaryLabels, ErrorLabels, Metrics};
+use super::telemetry::{
+    CanaryLabels, ErrorLabels, MetricLabels, Metrics, OutcomeLabels, VERDICTS, VerdictLabels,
+};
 use crate::api::{
     AlertProvider, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, Canary, CanarySpec,
     CanaryStatus, MetricTemplate, Phase, Provider, RouterKind,
@@ -219,9 +221,20 @@ impl<'a> Reconciler<'a> {
             Ok(w) => w,
             Err(stall) => return self.stall(stall).await,
         };
-        let decision = self.decide(&world).await?;
+        let asked = std::sync::atomic::AtomicBool::new(false);
+        let started = Instant::now();
+        let decision = self.decide(&world, &asked).await?;
+        if asked.load(std::sync::atomic::Ordering::Relaxed) {
+            self.ctx
+                .metrics
+                .analysis_duration
+                .observe(started.elapsed().as_secs_f64());
+        }
         let mut events = decision.events.clone();
         let weights = self.act(&world, &decision, &mut events).await?;
+        // Events before status: a crash in between repeats them on the next reconcile, where the
+        // recorder counts a repeat into the same Event instead of losing it.
+        self.record(&events, decision.status.phase).await;
         self.write_status(&decision.status).await?;
         let labels = CanaryLabels {
             name: self.name.clone(),
@@ -242,8 +255,69 @@ impl<'a> Reconciler<'a> {
             .weight
             .get_or_create(&labels)
             .set(i64::from(weights.canary));
-        self.record(&events, decision.status.phase).await;
+        self.export(&labels, &decision);
         Ok(super::requeue(decision.requeue_after))
+    }
+
+    /// Failed checks, each metric's value and verdict, and the outcome of a run that ended.
+    fn export(&self, labels: &CanaryLabels, d: &Decision) {
+        let m = &self.ctx.metrics;
+        m.failed_checks
+            .get_or_create(labels)
+            .set(i64::from(d.status.failed_checks));
+        for metric in &d.status.metrics {
+            let key = MetricLabels {
+                name: self.name.clone(),
+                namespace: self.ns.clone(),
+                metric: metric.name.clone(),
+            };
+            if let Some(v) = metric.value {
+                m.metric_value.get_or_create(&key).set(v);
+            }
+            for verdict in VERDICTS {
+                let series = VerdictLabels {
+                    name: self.name.clone(),
+                    namespace: self.ns.clone(),
+                    metric: metric.name.clone(),
+                    verdict: verdict.into(),
+                };
+                m.metric_verdict
+                    .get_or_create(&series)
+                    .set(i64::from(metric.verdict.as_str() == verdict));
+            }
+        }
+        let old = self.status();
+        let (from, to) = (old.phase, d.status.phase);
+        let outcome = if to == Phase::Succeeded && from != Phase::Succeeded {
+            Some("promoted")
+        } else if to == Phase::Failed && from != Phase::Failed {
+            let aborted = d
+                .events
+                .iter()
+                .any(|e| e.reason == Reason::Requested && e.message.starts_with("Abort requested"));
+            Some(if aborted { "aborted" } else { "rolled_back" })
+        } else if from.is_active()
+            && d.events
+                .iter()
+                .any(|e| matches!(e.reason, Reason::Restarted | Reason::Reverted))
+        {
+            Some("superseded")
+        } else {
+            None
+        };
+        // The Promoted condition turns Unknown when a run starts and stays so until it ends.
+        let started = old
+            .condition(crate::api::CONDITION_PROMOTED)
+            .filter(|c| c.status == "Unknown")
+            .map(|c| c.last_transition_time);
+        if let (Some(outcome), Some(started)) = (outcome, started) {
+            let seconds = (Utc::now() - started).num_milliseconds() as f64 / 1000.0;
+            m.rollout_duration
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.into(),
+                })
+                .observe(seconds.max(0.0));
+        }
     }
 
     // ---- observe ----------------------------------------------------------------------------
@@ -411,7 +485,11 @@ impl<'a> Reconciler<'a> {
 
     // ---- decide -----------------------------------------------------------------------------
 
-    async fn decide(&self, world: &World) -> Result<Decision, ReconcileError> {
+    async fn decide(
+        &self,
+        world: &World,
+        asked: &std::sync::atomic::AtomicBool,
+    ) -> Result<Decision, ReconcileError> {
         let status = self.status();
         let mut probes = ProbeResults::default();
         let now = Utc::now();
@@ -433,6 +511,9 @@ impl<'a> Reconciler<'a> {
             match engine::decide(&input) {
                 Outcome::Decided(d) => return Ok(*d),
                 Outcome::Need(list) => {
+                    if list.iter().any(|p| matches!(p, Probe::Metrics(_))) {
+                        asked.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                     for p in list {
                         self.probe(p, world, &status, &mut probes).await;
                     }

@@ -39,6 +39,35 @@ pub struct ErrorLabels {
     pub category: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetricLabels {
+    pub name: String,
+    pub namespace: String,
+    pub metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub name: String,
+    pub namespace: String,
+    pub metric: String,
+    pub verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// promoted, rolled_back, aborted or superseded.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: String,
+}
+
+/// The verdicts a metric can have; each gets a series so dashboards can show the current one.
+pub const VERDICTS: [&str; 4] = ["Pass", "Fail", "Hold", "Error"];
+
 /// The controller's own metrics.
 pub struct Metrics {
     registry: Registry,
@@ -48,6 +77,12 @@ pub struct Metrics {
     /// 0 running or waiting, 1 promoted or initialized, 2 failed (Flagger's encoding).
     pub status: Family<CanaryLabels, Gauge>,
     pub weight: Family<CanaryLabels, Gauge>,
+    pub failed_checks: Family<CanaryLabels, Gauge>,
+    pub metric_value: Family<MetricLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub metric_verdict: Family<VerdictLabels, Gauge>,
+    pub analysis_duration: Histogram,
+    pub rollout_duration: Family<OutcomeLabels, Histogram>,
+    pub api_requests: Family<VerbLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,6 +116,48 @@ impl Default for Metrics {
             "Canary traffic weight (percent)",
             weight.clone(),
         );
+        let failed_checks = Family::<CanaryLabels, Gauge>::default();
+        registry.register(
+            "canary_failed_checks",
+            "Failed checks of the current run",
+            failed_checks.clone(),
+        );
+        let metric_value =
+            Family::<MetricLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "canary_metric_value",
+            "Last value of each analysis metric",
+            metric_value.clone(),
+        );
+        let metric_verdict = Family::<VerdictLabels, Gauge>::default();
+        registry.register(
+            "canary_metric_verdict",
+            "1 for the last verdict of each analysis metric (Pass, Fail, Hold, Error), 0 for the others",
+            metric_verdict.clone(),
+        );
+        let analysis_duration =
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]);
+        registry.register(
+            "analysis_duration_seconds",
+            "Time to run the webhooks and metric queries of one analysis step",
+            analysis_duration.clone(),
+        );
+        let rollout_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+            ])
+        });
+        registry.register(
+            "rollout_duration_seconds",
+            "Time from a new revision to its end, by outcome (promoted, rolled_back, aborted, superseded)",
+            rollout_duration.clone(),
+        );
+        let api_requests = Family::<VerbLabels, Counter>::default();
+        registry.register(
+            "kube_api_requests",
+            "Requests to the Kubernetes API, by verb",
+            api_requests.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -88,8 +165,41 @@ impl Default for Metrics {
             reconcile_duration,
             status,
             weight,
+            failed_checks,
+            metric_value,
+            metric_verdict,
+            analysis_duration,
+            rollout_duration,
+            api_requests,
         }
     }
+}
+
+/// Counts Kubernetes API requests by verb (get, list, watch, create, update, patch, delete).
+pub fn count_requests(
+    metrics: Arc<Metrics>,
+) -> tower::util::MapRequestLayer<
+    impl Fn(http::Request<kube::client::Body>) -> http::Request<kube::client::Body> + Clone,
+> {
+    tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        let query = req.uri().query().unwrap_or("");
+        let verb = match *req.method() {
+            http::Method::GET if query.contains("watch=true") || query.contains("watch=1") => {
+                "watch"
+            }
+            http::Method::GET => "get",
+            http::Method::POST => "create",
+            http::Method::PUT => "update",
+            http::Method::PATCH => "patch",
+            http::Method::DELETE => "delete",
+            _ => "other",
+        };
+        metrics
+            .api_requests
+            .get_or_create(&VerbLabels { verb: verb.into() })
+            .inc();
+        req
+    })
 }
 
 #[derive(Clone)]
