@@ -499,6 +499,43 @@ async fn new_image_is_analysed_promoted_and_scaled_down() {
         "template rendered: {}",
         prom.queries()[0]
     );
+
+    let m = controller.metrics().await;
+    let this = [("name", "podinfo"), ("namespace", "test")];
+    assert_eq!(series(&m, "serin_canary_status", &this), Some(1.0));
+    assert_eq!(series(&m, "serin_canary_weight", &this), Some(0.0));
+    assert_eq!(series(&m, "serin_canary_failed_checks", &this), Some(0.0));
+    assert_eq!(
+        series(&m, "serin_canary_metric_value", &[("metric", "error-rate")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            "serin_canary_metric_verdict",
+            &[("metric", "error-rate"), ("verdict", "Pass")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            "serin_canary_metric_verdict",
+            &[("metric", "error-rate"), ("verdict", "Fail")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        series(
+            &m,
+            "serin_rollout_duration_seconds_count",
+            &[("outcome", "promoted")]
+        ),
+        Some(1.0)
+    );
+    assert!(series(&m, "serin_analysis_duration_seconds_count", &[]).unwrap_or(0.0) >= 2.0);
+    assert!(series(&m, "serin_reconciles_total", &[]).unwrap_or(0.0) > 0.0);
+    assert!(series(&m, "serin_kube_api_requests_total", &[("verb", "patch")]).unwrap_or(0.0) > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
