@@ -2,7 +2,8 @@
 # Checks the Helm chart charts/serin: its CRDs equal crds/, it lints, it renders (a real Helm
 # install, Helm as a library from PyPI's helm-sdkpy, against a recording API endpoint), every
 # rendered object validates (kubernetes-validate, strict), and what the chart promises holds
-# (hardening, wiring, flags per value, the dashboard's series, the README's values and RBAC).
+# (hardening, wiring, flags per value, the dashboard's PromQL and series, the README's values
+# and RBAC).
 # Needs only Python 3.10+ with pip and access to PyPI; the tools go into a venv under target/.
 # That the RBAC allows every request of a real rollout is tests/chart.rs (run by scripts/test.sh).
 set -euo pipefail
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 HELM_SDKPY=0.1.32
 KUBERNETES_VALIDATE=1.37.0
 PYYAML=6.0.3
+PROMQL_PARSER=0.11.0
 VENV=target/chart-venv
 PY=${PYTHON:-python3}
 
@@ -22,7 +24,7 @@ command -v "$PY" >/dev/null || die "$PY not found; install Python 3.10 or newer"
 [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] \
   || die "helm-sdkpy $HELM_SDKPY ships its Helm library for Linux x86_64 only, not $(uname -s)-$(uname -m)"
 
-stamp="helm-sdkpy==$HELM_SDKPY kubernetes-validate==$KUBERNETES_VALIDATE PyYAML==$PYYAML"
+stamp="helm-sdkpy==$HELM_SDKPY kubernetes-validate==$KUBERNETES_VALIDATE PyYAML==$PYYAML promql-parser==$PROMQL_PARSER"
 if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp" ]; then
   echo "check-chart: installing $stamp into $VENV"
   rm -rf "$VENV"
@@ -44,8 +46,8 @@ if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp" ]; then
   pip_in install --quiet --disable-pip-version-check --ignore-requires-python "$wheels"/helm_sdkpy-*.whl \
     || die "cannot install helm-sdkpy $HELM_SDKPY"
   pip_in install --quiet --disable-pip-version-check \
-    "kubernetes-validate==$KUBERNETES_VALIDATE" "PyYAML==$PYYAML" \
-    || die "cannot install kubernetes-validate $KUBERNETES_VALIDATE"
+    "kubernetes-validate==$KUBERNETES_VALIDATE" "PyYAML==$PYYAML" "promql-parser==$PROMQL_PARSER" \
+    || die "cannot install kubernetes-validate $KUBERNETES_VALIDATE and promql-parser $PROMQL_PARSER"
   echo "$stamp" > "$VENV/.stamp"
 fi
 

@@ -265,6 +265,7 @@ def check_wiring(scenario: str, objs: list[dict[str, Any]], existing: set[tuple[
             for e in spec["endpoints"]:
                 check(e.get("port") in ports, f"[{scenario}] {ident(m)}: endpoint port {e.get('port')} is a Service port", f"ports {ports}")
                 check(e.get("path") == "/metrics", f"[{scenario}] {ident(m)}: scrapes /metrics", f"path {e.get('path')}")
+                check(e.get("honorLabels") is True, f"[{scenario}] {ident(m)}: keeps the series' own namespace label (honorLabels)", f"{e}")
     roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs if o["kind"] in ("Role", "ClusterRole")}
     for b in find(objs, "RoleBinding") + find(objs, "ClusterRoleBinding"):
         ref = b["roleRef"]
@@ -453,18 +454,20 @@ BAD_VALUES: list[tuple[dict[str, Any], list[str]]] = [
 # ---- 7. dashboard -------------------------------------------------------------------------------
 
 
-def exported_series(telemetry: Path) -> set[str]:
-    """Series names the controller exports, from its registry code."""
+def exported_series(telemetry: Path) -> dict[str, set[str]]:
+    """Series names the controller exports, with their label names, from its registry code."""
     src = telemetry.read_text()
     prefix = re.search(r'Registry::with_prefix\(\s*"([a-z0-9_]+)"', src)
     pre = prefix.group(1) + "_" if prefix else ""
-    kinds: dict[str, str] = {}
-    for m in re.finditer(r"let\s+(?:mut\s+)?([a-z_][a-z0-9_]*)\s*(?::[^=]*)?=([^;]*);", src, re.S):
-        decl = m.group(2)
-        kinds[m.group(1)] = (
-            "counter" if "Counter" in decl else "histogram" if "Histogram" in decl else "gauge" if "Gauge" in decl else "?"
-        )
-    out = set()
+    label_sets = {
+        m.group(1): set(re.findall(r"pub\s+([a-z_][a-z0-9_]*)\s*:", m.group(2)))
+        for m in re.finditer(r"pub struct (\w+)\s*\{(.*?)\}", src, re.S)
+    }
+    decls: dict[str, str] = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"let\s+(?:mut\s+)?([a-z_][a-z0-9_]*)\s*(?::[^=]*)?=([^;]*);", src, re.S)
+    }
+    out: dict[str, set[str]] = {}
     for m in re.finditer(
         r'\.register(_with_unit)?\(\s*"([a-z0-9_]+)"\s*,\s*"(?:[^"\\]|\\.)*"\s*,\s*(?:Unit::(\w+)\s*,\s*)?([^,)]+)',
         src,
@@ -472,20 +475,48 @@ def exported_series(telemetry: Path) -> set[str]:
     ):
         name = pre + m.group(2)
         if m.group(3):
-            unit = {"Seconds": "seconds", "Bytes": "bytes", "Ratio": "ratio"}.get(m.group(3), m.group(3).lower())
-            name += "_" + unit
-        var = re.sub(r"\.clone\(\)|Box::new\(|\s", "", m.group(4))
-        kind = kinds.get(var, "?")
-        if "Counter" in m.group(4):
-            kind = "counter"
+            name += "_" + {"Seconds": "seconds", "Bytes": "bytes", "Ratio": "ratio"}.get(m.group(3), m.group(3).lower())
+        var = re.sub(r"^Box::new\(", "", m.group(4).strip())
+        var = re.match(r"\w*", var).group(0)
+        decl = decls.get(var, m.group(4))
+        family = re.search(r"Family::<\s*(\w+)", decl)
+        labels = label_sets.get(family.group(1), set()) if family else set()
+        kind = "counter" if "Counter" in decl else "histogram" if "Histogram" in decl else "gauge" if "Gauge" in decl else "?"
         suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}.get(
             kind, ["", "_total", "_bucket", "_sum", "_count"]
         )
-        out.update(name + s for s in suffixes)
+        for suffix in suffixes:
+            out[name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())
     return out
 
 
-def check_dashboard(chart: Path, objs: list[dict[str, Any]], telemetry: Path) -> None:
+# Labels Prometheus adds when it scrapes the controller through the chart's Service.
+TARGET_LABELS = {"instance", "job", "pod", "service", "endpoint", "container"}
+# Grafana's variables, replaced by sample values so that the queries parse as PromQL.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "1m", "$namespace": ".*", "$canary": ".*"}
+
+
+def promql_names(pp: Any, expr: str) -> tuple[list[tuple[str, set[str]]], list[set[str]]]:
+    """(metric name, matcher labels) of each selector and the label sets aggregations group by;
+    raises ValueError when the query is not PromQL."""
+    for var, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(var, value)
+    ast = pp.parse(expr)
+    selectors: list[tuple[str, set[str]]] = []
+    groupings: list[set[str]] = []
+
+    def visit(node: Any) -> None:
+        kind = type(node).__name__
+        if kind == "VectorSelector":
+            selectors.append((node.name or "", {m.name for m in node.matchers.matchers}))
+        elif kind == "AggregateExpr" and node.modifier is not None:
+            groupings.append(set(node.modifier.labels))
+
+    pp.walk(ast, visit)
+    return selectors, groupings
+
+
+def check_dashboard(pp: Any, chart: Path, objs: list[dict[str, Any]], telemetry: Path) -> None:
     print(f"Grafana dashboard against {telemetry}")
     cm = one(objs, "ConfigMap", "serin-dashboard")
     check(len(cm["data"]) == 1, "the ConfigMap holds one dashboard", f"keys {list(cm['data'])}")
@@ -511,18 +542,37 @@ def check_dashboard(chart: Path, objs: list[dict[str, Any]], telemetry: Path) ->
     for p in panels:
         if p.get("type") == "row":
             continue
+        title = p.get("title")
         exprs = [t.get("expr", "") for t in p.get("targets", [])]
-        check(bool(exprs) and all(exprs), f"panel '{p.get('title')}' has queries", f"targets {p.get('targets')}")
-        names = set(re.findall(r"\bserin_[a-z0-9_]+", " ".join(exprs)))
-        check(bool(names), f"panel '{p.get('title')}' queries Serin series", f"{exprs}")
-        unknown = sorted(names - exported)
-        check(not unknown, f"panel '{p.get('title')}' queries only series the controller exports", f"unknown {unknown}; exported {sorted(exported)}")
-        used |= names
+        check(bool(exprs) and all(exprs), f"panel '{title}' has queries", f"targets {p.get('targets')}")
+        for expr in exprs:
+            try:
+                selectors, groupings = promql_names(pp, expr)
+            except ValueError as e:
+                check(False, f"panel '{title}': the query is PromQL", f"{e}: {expr}")
+                continue
+            names = {n for n, _ in selectors}
+            unknown = sorted(names - set(exported))
+            check(bool(names) and not unknown, f"panel '{title}': queries only series the controller exports: {', '.join(sorted(names))}",
+                  f"unknown {unknown}; exported {sorted(exported)}")
+            known = set().union(*(exported.get(n, set()) for n in names)) | TARGET_LABELS
+            for n, matched in selectors:
+                extra = sorted(matched - exported.get(n, set()) - TARGET_LABELS)
+                check(not extra, f"panel '{title}': {n} is filtered by labels it has", f"{extra} not in {sorted(exported.get(n, set()))}")
+            for g in groupings:
+                check(g <= known, f"panel '{title}': groups by labels its series have ({', '.join(sorted(g))})", f"{sorted(g - known)} not in {sorted(known)}")
+            used |= names
     for var in dash.get("templating", {}).get("list", []):
         q = var.get("query")
         q = q.get("query", "") if isinstance(q, dict) else (q or "")
-        for n in re.findall(r"\bserin_[a-z0-9_]+", q):
-            check(n in exported, f"variable '{var.get('name')}' queries an exported series", n)
+        m = re.fullmatch(r"label_values\((?:(.*),\s*)?(\w+)\)", q.strip())
+        if var.get("type") != "query":
+            continue
+        if not check(m is not None, f"variable '{var.get('name')}' is label_values(series, label)", q):
+            continue
+        selectors, _ = promql_names(pp, m.group(1) or "up")
+        for n, _ in selectors:
+            check(m.group(2) in exported.get(n, set()), f"variable '{var.get('name')}': {n} has the label {m.group(2)}", f"labels {sorted(exported.get(n, set()))}")
     families = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in exported}
     shown = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used}
     unshown = sorted(families - shown)
@@ -597,6 +647,7 @@ def main() -> int:
         return 2
     import helm_sdkpy as helm
     import kubernetes_validate as kv
+    import promql_parser as pp
 
     versions = ["1.28", kv.utils.latest_version()]
     check_crds(args.chart, args.crds)
@@ -631,7 +682,7 @@ def main() -> int:
             message = str(e)
             check(all(w in message for w in words), f"values {json.dumps(values)} are refused, naming {', '.join(words)}", message)
     if "defaults" in rendered:
-        check_dashboard(args.chart, rendered["defaults"], args.telemetry)
+        check_dashboard(pp, args.chart, rendered["defaults"], args.telemetry)
         check_readme(args.chart, rendered["defaults"])
     print()
     if failures:
