@@ -86,7 +86,8 @@ def lint(helm: Any, chart: Path) -> None:
     for m in result.get("Messages") or []:
         severity = m.get("Severity", 0)
         err = m.get("Err")
-        text = err if isinstance(err, str) and err else "(see the render below for the message)"
+        # helm-sdkpy passes some messages on as empty objects: the render below shows errors.
+        text = err if isinstance(err, str) and err else "(no text from the Helm library)"
         line = f"[{severities.get(severity, severity)}] {m.get('Path')}: {text}"
         if severity >= 2:
             bad.append(line)
