@@ -52,5 +52,5 @@ if [ "$(cat "$VENV/.stamp" 2>/dev/null)" != "$stamp" ]; then
 fi
 
 # Helm reads HELM_DRIVER when its library loads: releases are kept in memory, not in Secrets.
-HELM_DRIVER=memory exec "$VENV/bin/python" scripts/chart/check.py \
+HELM_DRIVER=memory PYTHONDONTWRITEBYTECODE=1 exec "$VENV/bin/python" scripts/chart/check.py \
   --chart charts/serin --crds crds --telemetry src/controller/telemetry.rs
