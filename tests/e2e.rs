@@ -811,3 +811,55 @@ async fn missing_template_stalls_without_touching_traffic_and_resumes_when_creat
     api.put(t);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_canary_with_revert_on_deletion_gives_traffic_back_to_the_target() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let mut c = canary(&api);
+    c["spec"]["revertOnDeletion"] = json!(true);
+    api.put(c);
+    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+    let c = api
+        .wait_for(
+            "serin.dev/v1beta1",
+            "Canary",
+            NS,
+            "podinfo",
+            Duration::from_secs(10),
+            |c| {
+                c["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| f.contains(&json!("finalizer.serin.dev")))
+            },
+        )
+        .await;
+    assert_eq!(replicas(&api, "podinfo"), 0);
+    assert!(c["metadata"]["deletionTimestamp"].is_null());
+    api.delete("serin.dev/v1beta1", "Canary", NS, "podinfo");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while api
+        .get("serin.dev/v1beta1", "Canary", NS, "podinfo")
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the finalizer was not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(replicas(&api, "podinfo"), 2, "the target serves again");
+    let apex = api
+        .get("v1", "Service", NS, "podinfo")
+        .expect("the apex Service is kept");
+    assert_eq!(apex["spec"]["selector"]["app"], "podinfo");
+    // Objects owned by the Canary are garbage-collected.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        api.get("apps/v1", "Deployment", NS, "podinfo-primary")
+            .is_none()
+    );
+}

@@ -61,6 +61,12 @@ pub struct ControllerArgs {
     /// Cluster name put in alerts.
     #[arg(long, env = "SERIN_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// Average Kubernetes API requests per second (watches count once, when they start).
+    #[arg(long, env = "SERIN_KUBE_QPS", default_value_t = 50.0)]
+    pub kube_qps: f64,
+    /// Requests allowed in a burst above the average.
+    #[arg(long, env = "SERIN_KUBE_BURST", default_value_t = 100)]
+    pub kube_burst: u64,
     /// Address of the /metrics, /healthz and /readyz server.
     #[arg(long, env = "SERIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,

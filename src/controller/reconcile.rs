@@ -117,7 +117,14 @@ pub fn error_policy(_c: Arc<Canary>, e: &ReconcileError, ctx: Arc<Context>) -> A
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
-    let result = Reconciler::new(&canary, &ctx).run().await;
+    // The watch cache may lag behind our own last status write; deciding from a stale status
+    // would undo a step. Read the Canary itself, as Flagger does on every tick.
+    let ns = canary.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Canary> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(fresh) = api.get_opt(&canary.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let result = Reconciler::new(&fresh, &ctx).run().await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
