@@ -4,7 +4,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use serin::cli::plugin;
 
 #[derive(Parser)]
 #[command(
@@ -37,18 +38,59 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Show Canaries: phase, weight, failed checks, step, checks, age (-w: live, with Events).
+    Get(plugin::get::GetArgs),
+    /// Wait for the rollout of the target's current revision (for CI): exit 0 promoted,
+    /// 1 failed or rolled back, 2 timed out, 3 invalid or missing Canary.
+    Wait(plugin::wait::WaitArgs),
+    /// Open the gate the rollout waits at, or with --full skip the remaining steps.
+    Promote(plugin::promote::PromoteArgs),
+    /// Fail the running analysis now and roll all traffic back to the primary.
+    Abort(plugin::abort::AbortArgs),
+    /// Run the analysis of a failed revision again.
+    Retry(plugin::retry::RetryArgs),
+    /// Suspend a Canary: nothing is reconciled until it is resumed.
+    Pause(plugin::pause::PauseArgs),
+    /// Resume a suspended Canary.
+    Resume(plugin::resume::ResumeArgs),
+    /// Convert a Flagger manifest to a Serin one, reporting what cannot be carried over.
+    Convert(plugin::convert::ConvertArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     let code = match cli.command {
         Command::Simulate(args) => u8::try_from(serin::cli::simulate::run(&args)).unwrap_or(1),
         Command::Controller(args) => controller(args),
         Command::Loadtester(args) => u8::try_from(serin::cli::loadtester::run(&args)).unwrap_or(1),
         Command::Crds { dir } => crds(dir),
         Command::Validate { files } => validate(&files),
+        Command::Get(args) => plugin::get::run(&args),
+        Command::Wait(args) => plugin::wait::run(&args),
+        Command::Promote(args) => plugin::promote::run(&args),
+        Command::Abort(args) => plugin::abort::run(&args),
+        Command::Retry(args) => plugin::retry::run(&args),
+        Command::Pause(args) => plugin::pause::run(&args),
+        Command::Resume(args) => plugin::resume::run(&args),
+        Command::Convert(args) => plugin::convert::run(&args),
     };
     ExitCode::from(code)
+}
+
+/// Parses the command line; installed as `kubectl-serin` (a kubectl plugin), help and errors
+/// name the command `kubectl serin`.
+fn parse() -> Cli {
+    let as_plugin = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .is_some_and(|s| s == "kubectl-serin");
+    let mut command = Cli::command();
+    if as_plugin {
+        command = command.bin_name("kubectl serin");
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn controller(args: serin::controller::ControllerArgs) -> u8 {

@@ -2,4 +2,5 @@
 
 pub mod loadtester;
 pub mod manifest;
+pub mod plugin;
 pub mod simulate;
