@@ -291,8 +291,9 @@ fn default_instance() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// How long to wait before retrying a reconcile that failed.
-pub(crate) const RETRY: Duration = Duration::from_secs(5);
+/// Backoff of a reconcile that failed: first retry, and the longest wait.
+pub(crate) const RETRY_MIN: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Requeue when the engine gives no time.
 pub(crate) fn requeue(after: Option<chrono::Duration>) -> Action {

@@ -40,6 +40,8 @@ const MANAGER: &str = "serin";
 
 /// Shared by all reconciles.
 pub struct Context {
+    /// Consecutive failed reconciles per Canary (`namespace/name`), for the retry backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     client: Client,
     recorder: Recorder,
     default_provider: Provider,
@@ -56,6 +58,7 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Context {
         Context {
+            failures: std::sync::Mutex::default(),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             default_provider,
@@ -103,15 +106,33 @@ pub fn uses_alert_provider(c: &Canary, ns: &str, name: &str) -> bool {
     })
 }
 
-pub fn error_policy(_c: Arc<Canary>, e: &ReconcileError, ctx: Arc<Context>) -> Action {
+/// Retries a failed reconcile (409 conflicts, API errors, unreadable routes) with jittered
+/// exponential backoff per Canary: about 1s, 2s, 4s … up to a minute.
+pub fn error_policy(c: Arc<Canary>, e: &ReconcileError, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
         .get_or_create(&ErrorLabels {
             category: e.label().into(),
         })
         .inc();
-    tracing::warn!(error = %e, "reconcile failed; retrying");
-    Action::requeue(super::RETRY)
+    let key = format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any());
+    let attempt = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(super::RETRY_MIN)
+            .with_max_delay(super::RETRY_MAX)
+            .with_jitter()
+            .without_max_times(),
+    )
+    .nth(attempt.saturating_sub(1).min(16))
+    .unwrap_or(super::RETRY_MAX);
+    tracing::warn!(canary = %key, error = %e, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -125,6 +146,13 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         return Ok(Action::await_change());
     };
     let result = Reconciler::new(&fresh, &ctx).run().await;
+    if result.is_ok() {
+        let key = format!("{ns}/{}", fresh.name_any());
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+    }
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
