@@ -25,6 +25,9 @@ if ! command -v kubectl >/dev/null 2>&1; then
   exit 1
 fi
 # --- end of Kubernetes API stand-in block ---
+# --- Helm chart: CRDs equal crds/, lint, render, strict validation, dashboard queries ---
+scripts/check-chart.sh
+# --- end of Helm chart block ---
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --all-targets --no-fail-fast
 else

@@ -90,7 +90,8 @@ impl Elector {
             Some(mut lease) => {
                 let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
                 let ours = holder.as_deref() == Some(self.identity.as_str());
-                if !ours && !expired(&lease) {
+                let free = holder.as_deref().is_none_or(str::is_empty);
+                if !ours && !free && !expired(&lease) {
                     return Hold::Theirs;
                 }
                 let old = lease.spec.clone().unwrap_or_default();
@@ -117,8 +118,31 @@ impl Elector {
         }
     }
 
+    /// Gives the Lease up (on shutdown), so a standby takes over at once instead of after it
+    /// expires.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(LEASE_NAME).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.renew_time = None;
+        if let Err(e) = self
+            .api
+            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot release the leader Lease");
+        }
+    }
+
     /// Renews the Lease in the background; the returned future completes when it is lost.
-    pub async fn keep(self) {
+    pub async fn keep(&self) {
         {
             let mut last_ok = tokio::time::Instant::now();
             loop {

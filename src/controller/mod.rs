@@ -121,14 +121,19 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .or_else(|| args.namespace.clone())
         .unwrap_or_else(|| "default".into());
-    let lost = if args.leader_election {
+    // Ready once the API answers: a standby waiting for the Lease is healthy and ready.
+    client.apiserver_version().await?;
+    ready.store(true, std::sync::atomic::Ordering::SeqCst);
+    let elector = if args.leader_election {
         let elector = leader::Elector::new(client.clone(), &lease_ns, &instance);
+        tracing::info!(instance = %instance, "waiting for the leader Lease");
         elector.acquire().await;
         tracing::info!(instance = %instance, lease = %format!("{lease_ns}/{}", leader::LEASE_NAME), "became leader");
-        Some(elector.keep())
+        Some(elector)
     } else {
         None
     };
+    metrics.leader.set(1);
 
     let probes = LiveProbes::new(args.metrics_server.clone(), args.cluster_name.clone())
         .map_err(ControllerError::Probes)?;
@@ -218,7 +223,6 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
             "appmesh.k8s.aws/v1beta2 is not served by this cluster; App Mesh Canaries will report it"
         );
     }
-    ready.store(true, std::sync::atomic::Ordering::SeqCst);
     let run = controller
         .shutdown_on_signal()
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -227,11 +231,11 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
                 tracing::debug!(error = %e, "reconcile error");
             }
         });
-    match lost {
-        Some(lost) => {
+    match &elector {
+        Some(elector) => {
             tokio::select! {
-                () = run => {}
-                () = lost => {
+                () = run => elector.release().await,
+                () = elector.keep() => {
                     tracing::error!("lost leadership; exiting so that a new leader takes over");
                     std::process::exit(1);
                 }

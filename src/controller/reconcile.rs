@@ -21,7 +21,8 @@ use serde_json::{Value, json};
 
 use super::probes::Probes;
 use super::telemetry::{
-    CanaryLabels, ErrorLabels, MetricLabels, Metrics, OutcomeLabels, VERDICTS, VerdictLabels,
+    BoundLabels, CanaryLabels, ErrorLabels, MetricLabels, Metrics, OutcomeLabels, VERDICTS,
+    VerdictLabels,
 };
 use crate::api::{
     AlertProvider, CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED, Canary, CanarySpec,
@@ -300,6 +301,21 @@ impl<'a> Reconciler<'a> {
         m.failed_checks
             .get_or_create(labels)
             .set(i64::from(d.status.failed_checks));
+        for metric in self.spec.analysis().metrics() {
+            let (min, max) = metric.range();
+            for (bound, value) in [("min", min), ("max", max)] {
+                if let Some(v) = value {
+                    m.metric_threshold
+                        .get_or_create(&BoundLabels {
+                            name: self.name.clone(),
+                            namespace: self.ns.clone(),
+                            metric: metric.name.clone(),
+                            bound: bound.into(),
+                        })
+                        .set(v);
+                }
+            }
+        }
         for metric in &d.status.metrics {
             let key = MetricLabels {
                 name: self.name.clone(),

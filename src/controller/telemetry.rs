@@ -83,6 +83,18 @@ pub struct Metrics {
     pub analysis_duration: Histogram,
     pub rollout_duration: Family<OutcomeLabels, Histogram>,
     pub api_requests: Family<VerbLabels, Counter>,
+    /// 1 while this instance holds the leader Lease (or runs without leader election).
+    pub leader: Gauge,
+    pub metric_threshold: Family<BoundLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BoundLabels {
+    pub name: String,
+    pub namespace: String,
+    pub metric: String,
+    /// min or max.
+    pub bound: String,
 }
 
 impl Default for Metrics {
@@ -158,7 +170,22 @@ impl Default for Metrics {
             "Requests to the Kubernetes API, by verb",
             api_requests.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this instance leads (holds the Lease), 0 on standby",
+            leader.clone(),
+        );
+        let metric_threshold =
+            Family::<BoundLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "canary_metric_threshold",
+            "Accepted range of each analysis metric (bound min or max)",
+            metric_threshold.clone(),
+        );
         Metrics {
+            leader,
+            metric_threshold,
             registry,
             reconciles,
             reconcile_errors,
