@@ -801,11 +801,7 @@ async fn missing_template_stalls_without_touching_traffic_and_resumes_when_creat
         "nothing created"
     );
     assert_eq!(replicas(&api, "podinfo"), 2, "the target still serves");
-    assert!(
-        events(&api)
-            .iter()
-            .any(|(r, _)| r == "MetricTemplateNotFound")
-    );
+    wait_event(&api, "MetricTemplateNotFound").await;
     let mut t = template;
     t["metadata"] = json!({"name": "error-rate", "namespace": NS});
     api.put(t);
