@@ -333,8 +333,8 @@ def expect_defaults(objs: list[dict[str, Any]], notes: str) -> None:
     check(c["readinessProbe"]["httpGet"]["path"] == "/readyz", f"[{s}] readiness probe on /readyz", f"{c['readinessProbe']}")
     ru = d["spec"].get("strategy", {}).get("rollingUpdate", {})
     check(
-        ru.get("maxUnavailable") == "100%",
-        f"[{s}] a rolling update may replace the leader before a new pod is ready (only the leader is ready)",
+        ru.get("maxUnavailable") == 0 and ru.get("maxSurge") == 1,
+        f"[{s}] a rolling update keeps every old pod until a new one is ready (standbys are ready)",
         f"strategy {d['spec'].get('strategy')}",
     )
     lease = rules_of(find(objs, "Role", "serin-leader-election"))
