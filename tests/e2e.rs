@@ -859,3 +859,95 @@ async fn deleting_a_canary_with_revert_on_deletion_gives_traffic_back_to_the_tar
             .is_none()
     );
 }
+
+/// The condition of this type on the Canary, as (status, reason, message).
+fn condition(c: &Value, type_: &str) -> (String, String, String) {
+    c["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|x| x["type"] == type_))
+        .map(|x| {
+            (
+                x["status"].as_str().unwrap_or("").to_string(),
+                x["reason"].as_str().unwrap_or("").to_string(),
+                x["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_target_or_one_without_app_labels_stalls_until_fixed() {
+    let api = ApiServer::start().await;
+    let prom = PromApi::start(Some(0.0)).await;
+    let _kubelet = kubelet(&api, Duration::from_millis(300));
+    fixtures(&api, &prom, analysis());
+    let target = api
+        .get("apps/v1", "Deployment", NS, "podinfo")
+        .unwrap_or_default();
+    api.delete("apps/v1", "Deployment", NS, "podinfo");
+    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+
+    // No target: Stalled, naming it; nothing created.
+    let c = api
+        .wait_for(
+            "serin.dev/v1beta1",
+            "Canary",
+            NS,
+            "podinfo",
+            Duration::from_secs(20),
+            |c| condition(c, "Stalled").0 == "True",
+        )
+        .await;
+    let (_, reason, message) = condition(&c, "Stalled");
+    assert_eq!(reason, "TargetNotFound");
+    assert!(
+        message.contains("Deployment podinfo.test not found"),
+        "{message}"
+    );
+    wait_event(&api, "TargetNotFound").await;
+    assert!(
+        api.get("apps/v1", "Deployment", NS, "podinfo-primary")
+            .is_none()
+    );
+
+    // A target whose selector has none of the app labels: Stalled, naming the labels.
+    let mut unlabelled = target.clone();
+    unlabelled["metadata"] = json!({"name": "podinfo", "namespace": NS});
+    unlabelled["spec"]["selector"] = json!({"matchLabels": {"tier": "web"}});
+    unlabelled["spec"]["template"]["metadata"]["labels"] = json!({"tier": "web"});
+    unlabelled["status"] = Value::Null;
+    api.put(unlabelled);
+    let c = api
+        .wait_for(
+            "serin.dev/v1beta1",
+            "Canary",
+            NS,
+            "podinfo",
+            Duration::from_secs(20),
+            |c| condition(c, "Stalled").1 == "NoSelectorLabel",
+        )
+        .await;
+    let (_, _, message) = condition(&c, "Stalled");
+    assert!(
+        message.contains("app, name, app.kubernetes.io/name"),
+        "{message}"
+    );
+    assert!(
+        api.get("apps/v1", "Deployment", NS, "podinfo-primary")
+            .is_none()
+    );
+    assert!(
+        api.get("appmesh.k8s.aws/v1beta2", "VirtualRouter", NS, "podinfo")
+            .is_none(),
+        "traffic untouched"
+    );
+
+    // Fixing the cause resumes without a restart.
+    api.delete("apps/v1", "Deployment", NS, "podinfo");
+    let mut fixed = target;
+    fixed["metadata"] = json!({"name": "podinfo", "namespace": NS, "labels": {"app": "podinfo"}});
+    fixed["status"] = Value::Null;
+    api.put(fixed);
+    let c = wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
+    assert_eq!(condition(&c, "Stalled").0, "False");
+}
