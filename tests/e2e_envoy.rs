@@ -200,11 +200,11 @@ async fn upstream_requests(client: &reqwest::Client, admin_port: u16, cluster: &
         .unwrap_or_else(|| panic!("no {key} in the stats of envoy :{admin_port}:\n{text}"))
 }
 
-/// The two sidecars' request counts.
-async fn served(client: &reqwest::Client, mesh: &Mesh) -> (u64, u64) {
+/// The request counts (canary, primary) of the sidecars with these admin ports.
+async fn counts(client: &reqwest::Client, admin_ports: (u16, u16)) -> (u64, u64) {
     (
-        upstream_requests(client, mesh.canary.admin_port, "podinfo-canary").await,
-        upstream_requests(client, mesh.primary.admin_port, "podinfo-primary").await,
+        upstream_requests(client, admin_ports.0, "podinfo-canary").await,
+        upstream_requests(client, admin_ports.1, "podinfo-primary").await,
     )
 }
 
@@ -236,14 +236,16 @@ impl Mesh {
     }
 }
 
-/// A canary weight the front Envoy was set to, when, and the sidecars' request counts just
-/// before.
+/// A canary weight the front Envoy was set to, when, and the sidecars' request counts (canary,
+/// primary) just before and just after the switch. A phase's requests are those between the
+/// count after its switch and the count before the next one, so requests routed while the
+/// switch was being made belong to no phase.
 #[derive(Clone, Debug)]
 struct Applied {
     weight: i64,
     at: Instant,
-    canary: u64,
-    primary: u64,
+    before: (u64, u64),
+    after: (u64, u64),
 }
 
 /// Copies the VirtualRouter's canary weight into the front Envoy's runtime whenever it changes.
@@ -266,9 +268,7 @@ impl Follower {
                 // primary.
                 let weight = weights(&api).map_or(0, |(_, canary)| canary);
                 if last != Some(weight) {
-                    // Counted just before the switch: the requests the old weight routed.
-                    let canary = upstream_requests(&client, ports.0, "podinfo-canary").await;
-                    let primary = upstream_requests(&client, ports.1, "podinfo-primary").await;
+                    let before = counts(&client, ports).await;
                     let url = format!(
                         "http://127.0.0.1:{front_admin}/runtime_modify?routing.canary={weight}"
                     );
@@ -278,11 +278,13 @@ impl Follower {
                         .await
                         .is_ok_and(|r| r.status().is_success());
                     if switched {
+                        let at = Instant::now();
+                        let after = counts(&client, ports).await;
                         log.lock().unwrap().push(Applied {
                             weight,
-                            at: Instant::now(),
-                            canary,
-                            primary,
+                            at,
+                            before,
+                            after,
                         });
                         last = Some(weight);
                     }
@@ -322,8 +324,8 @@ impl Follower {
         let end = Applied {
             weight: -1,
             at: Instant::now(),
-            canary: now.0,
-            primary: now.1,
+            before: now,
+            after: now,
         };
         applied
             .iter()
@@ -332,8 +334,8 @@ impl Follower {
                 (
                     a.weight,
                     b.at - a.at,
-                    b.canary - a.canary,
-                    b.primary - a.primary,
+                    b.before.0 - a.after.0,
+                    b.before.1 - a.after.1,
                 )
             })
             .collect()
@@ -472,7 +474,11 @@ impl Stand {
 
     /// The sidecars' request counts now.
     async fn served(&self) -> (u64, u64) {
-        served(&http(), &self.mesh).await
+        counts(
+            &http(),
+            (self.mesh.canary.admin_port, self.mesh.primary.admin_port),
+        )
+        .await
     }
 
     /// The controller's last value and verdicts of the metric.
