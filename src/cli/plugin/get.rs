@@ -8,7 +8,7 @@ use std::io::{IsTerminal, Write as _};
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::api::core::v1::Event as KubeEvent;
 use kube::api::{Api, ListParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -329,15 +329,12 @@ impl View {
                 .format("%H:%M:%S")
                 .to_string()
         });
-        let regarding = e.regarding.as_ref();
-        let who = match (self.with_namespace, regarding) {
-            (true, Some(r)) => format!(
-                "{}/{}",
-                r.namespace.as_deref().unwrap_or(""),
-                r.name.as_deref().unwrap_or("")
-            ),
-            (_, Some(r)) => r.name.clone().unwrap_or_default(),
-            (_, None) => String::new(),
+        let r = &e.involved_object;
+        let name = r.name.as_deref().unwrap_or("");
+        let who = if self.with_namespace {
+            format!("{}/{name}", r.namespace.as_deref().unwrap_or(""))
+        } else {
+            name.to_string()
         };
         format!("{at}  {who}  {}", super::event_text(e))
     }

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, Utc};
-use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::api::core::v1::Event as KubeEvent;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -142,14 +142,15 @@ pub fn age(d: Duration) -> String {
     }
 }
 
-/// When an Event last happened: its series' last observation, else its event time, else the
-/// deprecated timestamps, else its creation.
+/// When an Event last happened: its series' last observation, else its last timestamp, else
+/// its event time, else its creation.
 pub fn event_time(e: &KubeEvent) -> Option<DateTime<Utc>> {
     e.series
         .as_ref()
-        .map(|s| &s.last_observed_time.0)
+        .and_then(|s| s.last_observed_time.as_ref())
+        .map(|t| &t.0)
+        .or(e.last_timestamp.as_ref().map(|t| &t.0))
         .or(e.event_time.as_ref().map(|t| &t.0))
-        .or(e.deprecated_last_timestamp.as_ref().map(|t| &t.0))
         .or(e.metadata.creation_timestamp.as_ref().map(|t| &t.0))
         .and_then(to_chrono)
 }
@@ -162,25 +163,32 @@ pub fn event_key(e: &KubeEvent) -> (String, i32) {
         .clone()
         .or_else(|| e.metadata.name.clone())
         .unwrap_or_default();
-    let count = e.series.as_ref().map_or(1, |s| s.count);
+    let count = e
+        .series
+        .as_ref()
+        .and_then(|s| s.count)
+        .or(e.count)
+        .unwrap_or(1);
     (id, count)
 }
 
-/// `Warning  CheckFailed  Halt podinfo.test advancement …`
+/// `Warning  CheckFailed: Halt podinfo.test advancement …`
 pub fn event_text(e: &KubeEvent) -> String {
     format!(
         "{:<7}  {}: {}",
         e.type_.as_deref().unwrap_or("Normal"),
         e.reason.as_deref().unwrap_or(""),
-        e.note.as_deref().unwrap_or("")
+        e.message.as_deref().unwrap_or("")
     )
 }
 
 /// The field selector of the Events recorded on Canaries (one Canary when `name` is given).
+/// The controller records events.k8s.io/v1 Events; they are read through the core v1 view,
+/// whose `involvedObject` selectors every API server version supports.
 pub fn canary_events_selector(name: Option<&str>) -> String {
     match name {
-        Some(n) => format!("regarding.kind=Canary,regarding.name={n}"),
-        None => "regarding.kind=Canary".to_string(),
+        Some(n) => format!("involvedObject.kind=Canary,involvedObject.name={n}"),
+        None => "involvedObject.kind=Canary".to_string(),
     }
 }
 

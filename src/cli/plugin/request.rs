@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 use futures::StreamExt;
-use k8s_openapi::api::events::v1::Event as KubeEvent;
+use k8s_openapi::api::core::v1::Event as KubeEvent;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
