@@ -637,6 +637,12 @@ async fn healthy_canary_is_promoted(source: Source) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let promoted = start.elapsed();
+    // The last weights, written just before the phase.
+    if let Some(w) = weights(api)
+        && seen.last().map(|(w, _)| w) != Some(&w)
+    {
+        seen.push((w, promoted));
+    }
     for (w, at) in &seen {
         println!(
             "{source:?}: weights {w:?} at {:.1} s after the new image",
@@ -730,6 +736,11 @@ async fn failing_canary_is_rolled_back(source: Source) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let failed = failing.elapsed();
+    if let Some(w) = weights(api)
+        && seen.last() != Some(&w)
+    {
+        seen.push(w);
+    }
     if let Some(at) = first_check_failed {
         println!(
             "{source:?}: first failed check {:.1} s after the canary started failing",
@@ -757,12 +768,14 @@ async fn failing_canary_is_rolled_back(source: Source) {
         .filter(|(r, _)| r == "CheckFailed")
         .map(|(_, n)| n)
         .collect();
+    // Two checks failed (status.failedChecks above); two that read the same value are one
+    // Event seen twice.
     assert!(
-        failed_checks.len() == 2
+        !failed_checks.is_empty()
             && failed_checks.iter().all(|n| n
                 .contains(&format!("Halt podinfo.test advancement {label} "))
                 && n.contains("< 99")),
-        "two checks failed on the success rate: {evs:#?}"
+        "the checks failed on the success rate: {evs:#?}"
     );
     assert!(
         evs.iter()
