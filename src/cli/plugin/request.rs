@@ -95,6 +95,7 @@ pub async fn send(
     .default_backoff()
     .boxed();
     let mut known: HashSet<(String, i32)> = HashSet::new();
+    let mut with_events = true;
     loop {
         let next = tokio::time::timeout_at(deadline, event_stream.next()).await;
         match next {
@@ -103,7 +104,12 @@ pub async fn send(
             }
             Ok(Some(Ok(watcher::Event::InitDone))) => break,
             Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(e))) => return Err(PluginError::Api(watch_error(e))),
+            Ok(Some(Err(e))) => {
+                // Without Events the acknowledgement in status still tells the outcome.
+                eprintln!("serin: cannot list the Canary's Events, going on without them: {e}");
+                with_events = false;
+                break;
+            }
             Ok(None) | Err(_) => {
                 println!("{name}: cannot list the Canary's Events within the timeout");
                 return Ok(1);
@@ -133,6 +139,11 @@ pub async fn send(
     let mut answer: Option<KubeEvent> = None;
     let mut answer_deadline = deadline;
     loop {
+        if let (Some(c), false) = (&acknowledged, with_events) {
+            println!("{name}: the controller carried the request out");
+            println!("{}", phase_line(c));
+            return Ok(0);
+        }
         if let (Some(c), Some(e)) = (&acknowledged, &answer) {
             println!("{name}: {}", super::event_text(e));
             println!("{}", phase_line(c));
@@ -191,15 +202,6 @@ pub async fn send(
             );
             Ok(1)
         }
-    }
-}
-
-fn watch_error(e: watcher::Error) -> kube::Error {
-    match e {
-        watcher::Error::InitialListFailed(e)
-        | watcher::Error::WatchStartFailed(e)
-        | watcher::Error::WatchFailed(e) => e,
-        other => kube::Error::Service(Box::new(other)),
     }
 }
 

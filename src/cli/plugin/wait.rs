@@ -150,8 +150,20 @@ impl Waiter {
     }
 
     /// Recomputes the revision of the target; says so when it changed.
-    async fn refresh_revision(&mut self) -> Result<(), PluginError> {
-        match workload::deployment_revision(&self.client, &self.ns, &self.target).await? {
+    async fn refresh_revision(&mut self) {
+        let computed = match workload::deployment_revision(&self.client, &self.ns, &self.target)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                // A passing API error: the next change computes it again.
+                eprintln!(
+                    "serin wait: cannot read the target's configs, retrying on the next change: {e}"
+                );
+                return;
+            }
+        };
+        match computed {
             Ok((revision, _)) => {
                 if revision != self.revision {
                     self.say(&format!(
@@ -164,7 +176,6 @@ impl Waiter {
             }
             Err(e) => self.note(format!("cannot compute the target's revision: {e}")),
         }
-        Ok(())
     }
 
     /// One line when the phase, weight, checks or what the rollout waits for changed.
@@ -342,7 +353,7 @@ async fn wait(args: &WaitArgs) -> Result<u8, PluginError> {
         match update {
             Some(Update::Canary(Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)))) => {
                 w.canary = c;
-                w.refresh_revision().await?;
+                w.refresh_revision().await;
             }
             Some(Update::Canary(Ok(watcher::Event::Delete(_)))) => {
                 w.say(&format!("Canary {name} was deleted"));
@@ -350,7 +361,7 @@ async fn wait(args: &WaitArgs) -> Result<u8, PluginError> {
             }
             Some(Update::Target(Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)))) => {
                 w.target = d;
-                w.refresh_revision().await?;
+                w.refresh_revision().await;
             }
             Some(Update::Target(Ok(watcher::Event::Delete(_)))) => {
                 w.say(&format!("Deployment {target_name} was deleted"));
