@@ -142,10 +142,12 @@ async fn prometheus_builtins_measure_what_the_canary_envoy_served() {
     let healthy = value(&query(&sr).await).unwrap();
     assert!(healthy > 99.9, "healthy canary success rate {healthy}");
     let fast = value(&query(&p99).await).unwrap();
-    assert!(fast < 100.0, "healthy canary p99 {fast} ms");
+    // A healthy answer takes a millisecond; a loaded machine may push a few past 100 ms, never
+    // into the failing traffic's (250, 500] ms bucket.
+    assert!(fast < 250.0, "healthy canary p99 {fast} ms");
 
-    // the canary starts failing: 10 % errors, 150 ms answers
-    canary_backend.set(0.1, Duration::from_millis(150));
+    // the canary starts failing: 10 % errors, 400 ms answers
+    canary_backend.set(0.1, Duration::from_millis(400));
     let seen = wait_until(
         "prometheus sees the failure",
         Duration::from_secs(30),
@@ -164,10 +166,10 @@ async fn prometheus_builtins_measure_what_the_canary_envoy_served() {
         "10 % errors gave success rate {failing}"
     );
     let slow = value(&query(&p99).await).unwrap();
-    // all answers take 150 ms, which Envoy counts in its (100, 250] ms bucket
+    // all answers take 400 ms, which Envoy counts in its (250, 500] ms bucket
     assert!(
-        slow > 100.0 && slow <= 250.0,
-        "150 ms answers gave p99 {slow} ms"
+        slow > 250.0 && slow <= 500.0,
+        "400 ms answers gave p99 {slow} ms"
     );
 
     // the built-ins select the canary's pods only: the primary is still healthy
@@ -181,7 +183,7 @@ async fn prometheus_builtins_measure_what_the_canary_envoy_served() {
     // the shipped policies give the same answers through templates
     for (file, low, high) in [
         ("appmesh-prometheus/success-rate.yaml", 88.0, 92.0),
-        ("appmesh-prometheus/latency-p99.yaml", 100.0, 250.0),
+        ("appmesh-prometheus/latency-p99.yaml", 250.0, 500.0),
     ] {
         let t = policy(file, &prom.url);
         let resolved = ResolvedTemplate {
@@ -223,9 +225,11 @@ async fn scrape_builtins_measure_what_the_canary_envoy_served() {
     let healthy = value(&query(&sr).await).unwrap();
     assert_eq!(healthy, 100.0);
     let fast = value(&query(&p99).await).unwrap();
-    assert!(fast < 100.0, "healthy canary p99 {fast} ms");
+    // A healthy answer takes a millisecond; a loaded machine may push a few past 100 ms, never
+    // into the failing traffic's (250, 500] ms bucket.
+    assert!(fast < 250.0, "healthy canary p99 {fast} ms");
 
-    backend.set(0.1, Duration::from_millis(150));
+    backend.set(0.1, Duration::from_millis(400));
     let seen = wait_until(
         "scrape sees the failure",
         Duration::from_secs(30),
@@ -246,8 +250,8 @@ async fn scrape_builtins_measure_what_the_canary_envoy_served() {
     );
     let slow = value(&query(&p99).await).unwrap();
     assert!(
-        slow > 100.0 && slow <= 250.0,
-        "150 ms answers gave p99 {slow} ms"
+        slow > 250.0 && slow <= 500.0,
+        "400 ms answers gave p99 {slow} ms"
     );
 
     // a template can filter Envoy's series by label; a filter nothing matches gives no data
@@ -271,7 +275,7 @@ async fn scrape_builtins_measure_what_the_canary_envoy_served() {
             .await,
     )
     .unwrap();
-    assert!(p50 > 100.0 && p50 <= 250.0, "p50 {p50}");
+    assert!(p50 > 250.0 && p50 <= 500.0, "p50 {p50}");
     t.spec.query = r#"request-success-rate{envoy_cluster_name="elsewhere"}"#.into();
     let resolved = ResolvedTemplate {
         spec: &t.spec,
