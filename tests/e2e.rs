@@ -1,190 +1,24 @@
 //! End to end: the `serin controller` binary, as a process, against the Kubernetes API server
 //! stand-in, with Deployments made ready by a kubelet loop and metrics from a Prometheus API the
-//! test controls. Each scenario reads what a user would see: objects, weights, status, Events.
+//! test controls (helpers in `support/e2e.rs`). Each scenario reads what a user would see:
+//! objects, weights, status, Events.
 
 #[path = "support/apiserver/mod.rs"]
 mod apiserver;
+#[path = "support/e2e.rs"]
+mod e2e;
 #[path = "support/promapi.rs"]
 mod promapi;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use apiserver::ApiServer;
+use e2e::{
+    ControllerProcess, NS, canary, events, image, kubelet, phase, replicas, series, set_image,
+    wait_event, wait_phase, weights,
+};
 use promapi::PromApi;
 use serde_json::{Value, json};
-
-const NS: &str = "test";
-
-/// The controller as a process; killed when dropped, its log printed when the test failed.
-struct ControllerProcess {
-    child: tokio::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("--- controller log ({}) ---", self.log.display());
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-impl ControllerProcess {
-    fn start(api: &ApiServer, prom: &PromApi, extra: &[&str]) -> ControllerProcess {
-        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let log = std::env::temp_dir().join(format!(
-            "serin-e2e-controller-{}-{}.log",
-            std::process::id(),
-            SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        ));
-        let file = std::fs::File::create(&log).expect("controller log file");
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_serin"));
-        cmd.arg("controller")
-            .arg("--kubeconfig")
-            .arg(api.kubeconfig_path())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--metrics-server")
-            .arg(prom.url())
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(file))
-            .kill_on_drop(true);
-        ControllerProcess {
-            child: cmd.spawn().expect("serin controller starts"),
-            log,
-        }
-    }
-
-    async fn kill(&mut self) {
-        let _ = self.child.kill().await;
-    }
-
-    /// The address the /metrics server bound, read from the log.
-    async fn address(&self) -> String {
-        for _ in 0..200 {
-            let text = strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default());
-            if let Some(at) = text.find("address=") {
-                let rest = &text[at + "address=".len()..];
-                return rest.split_whitespace().next().unwrap_or("").to_string();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the controller did not log its address");
-    }
-
-    /// `/metrics` as (series with labels, value) lines.
-    async fn metrics(&self) -> Vec<(String, f64)> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let url = format!("http://{}/metrics", self.address().await);
-        let text = reqwest::get(&url)
-            .await
-            .expect("GET /metrics")
-            .text()
-            .await
-            .expect("body");
-        text.lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                Some((series.to_string(), value.parse().ok()?))
-            })
-            .collect()
-    }
-}
-
-/// Text without terminal colour sequences.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The value of the one series that starts with `name` and has every `label="value"` given.
-fn series(metrics: &[(String, f64)], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics
-        .iter()
-        .find(|(s, _)| {
-            (s == name || s.starts_with(&format!("{name}{{")))
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|(_, v)| *v)
-}
-
-/// Makes Deployments ready the way a kubelet and the Deployment controller would: after a
-/// rollout delay, status follows spec (observedGeneration, replicas, updated, available).
-fn kubelet(api: &ApiServer, delay: Duration) -> tokio::task::JoinHandle<()> {
-    let mut events = api.subscribe("apps/v1", "Deployment", NS);
-    let client = api.client();
-    tokio::spawn(async move {
-        let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-            kube::Api::namespaced(client, NS);
-        while let Some(ev) = events.recv().await {
-            let obj = ev.object;
-            let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-            let generation = obj["metadata"]["generation"].as_i64().unwrap_or(0);
-            if obj["status"]["observedGeneration"].as_i64() == Some(generation) {
-                continue;
-            }
-            let replicas = obj["spec"]["replicas"].as_i64().unwrap_or(1);
-            let deployments = deployments.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let status = json!({"status": {
-                    "observedGeneration": generation,
-                    "replicas": replicas,
-                    "updatedReplicas": replicas,
-                    "readyReplicas": replicas,
-                    "availableReplicas": replicas,
-                    "conditions": [
-                        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
-                        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
-                    ],
-                }});
-                for _ in 0..20 {
-                    let Ok(now) = deployments.get(&name).await else {
-                        return;
-                    };
-                    if now.metadata.generation != Some(generation) {
-                        return;
-                    }
-                    let r = deployments
-                        .patch_status(
-                            &name,
-                            &kube::api::PatchParams::default(),
-                            &kube::api::Patch::Merge(&status),
-                        )
-                        .await;
-                    if r.is_ok() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        }
-    })
-}
 
 fn fixtures(api: &ApiServer, prom: &PromApi, analysis: Value) {
     api.create_namespace(NS);
@@ -244,117 +78,13 @@ fn analysis() -> Value {
     })
 }
 
-fn canary(api: &ApiServer) -> Value {
-    api.get("serin.dev/v1beta1", "Canary", NS, "podinfo")
-        .unwrap_or(Value::Null)
-}
-
-fn phase(c: &Value) -> &str {
-    c["status"]["phase"].as_str().unwrap_or("")
-}
-
-async fn wait_phase(api: &ApiServer, want: &str, timeout: Duration) -> Value {
-    api.wait_for("serin.dev/v1beta1", "Canary", NS, "podinfo", timeout, |c| {
-        phase(c) == want
-    })
-    .await
-}
-
-/// Apex router weights (primary, canary).
-fn weights(api: &ApiServer) -> Option<(i64, i64)> {
-    let vr = api.get("appmesh.k8s.aws/v1beta2", "VirtualRouter", NS, "podinfo")?;
-    let targets = vr["spec"]["routes"][0]["httpRoute"]["action"]["weightedTargets"]
-        .as_array()?
-        .clone();
-    let w = |n: &str| {
-        targets
-            .iter()
-            .find(|t| t["virtualNodeRef"]["name"] == n)
-            .and_then(|t| t["weight"].as_i64())
-    };
-    Some((w("podinfo-primary")?, w("podinfo-canary")?))
-}
-
-/// Event reasons and messages recorded on the Canary, oldest first.
-fn events(api: &ApiServer) -> Vec<(String, String)> {
-    let mut evs: Vec<Value> = api
-        .list("events.k8s.io/v1", "Event", NS)
-        .into_iter()
-        .filter(|e| e["regarding"]["kind"] == "Canary")
-        .collect();
-    evs.sort_by_key(|e| {
-        e["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|s| s.parse::<u64>().ok())
-            .unwrap_or(0)
-    });
-    evs.iter()
-        .map(|e| {
-            (
-                e["reason"].as_str().unwrap_or("").to_string(),
-                e["note"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
-}
-
-/// Waits until an Event with this reason was recorded on the Canary.
-async fn wait_event(api: &ApiServer, reason: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !events(api).iter().any(|(r, _)| r == reason) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {reason} Event; events: {:#?}",
-            events(api)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn replicas(api: &ApiServer, name: &str) -> i64 {
-    api.get("apps/v1", "Deployment", NS, name)
-        .and_then(|d| d["spec"]["replicas"].as_i64())
-        .unwrap_or(-1)
-}
-
-fn image(api: &ApiServer, name: &str) -> String {
-    api.get("apps/v1", "Deployment", NS, name)
-        .and_then(|d| {
-            d["spec"]["template"]["spec"]["containers"][0]["image"]
-                .as_str()
-                .map(String::from)
-        })
-        .unwrap_or_default()
-}
-
-async fn set_image(api: &ApiServer, image: &str) {
-    let out = api
-        .kubectl()
-        .args([
-            "-n",
-            NS,
-            "set",
-            "image",
-            "deployment/podinfo",
-            &format!("podinfod={image}"),
-        ])
-        .output()
-        .await
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "kubectl set image: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialization_creates_the_object_set_and_scales_the_target_to_zero() {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
     fixtures(&api, &prom, analysis());
-    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     let c = wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
 
     // FB §3.1: exactly this object set.
@@ -447,7 +177,7 @@ async fn new_image_is_analysed_promoted_and_scaled_down() {
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
     fixtures(&api, &prom, analysis());
-    let controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
     wait_phase(&api, "Progressing", Duration::from_secs(15)).await;
@@ -544,7 +274,7 @@ async fn failing_metric_rolls_back_and_the_revision_is_not_retried() {
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
     fixtures(&api, &prom, analysis());
-    let controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     prom.set(Some(12.5));
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.2").await;
@@ -605,7 +335,7 @@ async fn new_revision_mid_analysis_restarts_at_weight_zero() {
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
     fixtures(&api, &prom, analysis());
-    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
     api.wait_for(
@@ -641,7 +371,7 @@ async fn a_killed_controller_resumes_from_status() {
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
     fixtures(&api, &prom, analysis());
-    let mut controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let mut controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
     api.wait_for(
@@ -654,7 +384,7 @@ async fn a_killed_controller_resumes_from_status() {
     )
     .await;
     controller.kill().await;
-    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Succeeded", Duration::from_secs(60)).await;
     let advances: Vec<String> = events(&api)
         .into_iter()
@@ -677,7 +407,7 @@ async fn injected_conflicts_errors_and_cut_watches_do_not_stop_the_rollout() {
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
     fixtures(&api, &prom, analysis());
-    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
     api.fail_next("patch", "virtualrouters", 2, 409);
@@ -707,9 +437,9 @@ async fn with_leader_election_only_the_leader_writes_and_a_new_leader_finishes()
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
     fixtures(&api, &prom, analysis());
-    let mut first = ControllerProcess::start(&api, &prom, &["--instance", "first"]);
+    let mut first = ControllerProcess::start(&api, prom.url(), &["--instance", "first"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
-    let _second = ControllerProcess::start(&api, &prom, &["--instance", "second"]);
+    let _second = ControllerProcess::start(&api, prom.url(), &["--instance", "second"]);
     let lease = api
         .wait_for(
             "coordination.k8s.io/v1",
@@ -764,7 +494,7 @@ async fn missing_template_stalls_without_touching_traffic_and_resumes_when_creat
         .get("serin.dev/v1beta1", "MetricTemplate", NS, "error-rate")
         .unwrap_or_default();
     api.delete("serin.dev/v1beta1", "MetricTemplate", NS, "error-rate");
-    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     let c = api
         .wait_for(
             "serin.dev/v1beta1",
@@ -817,7 +547,7 @@ async fn deleting_a_canary_with_revert_on_deletion_gives_traffic_back_to_the_tar
     let mut c = canary(&api);
     c["spec"]["revertOnDeletion"] = json!(true);
     api.put(c);
-    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     let c = api
         .wait_for(
@@ -885,7 +615,7 @@ async fn a_missing_target_or_one_without_app_labels_stalls_until_fixed() {
         .get("apps/v1", "Deployment", NS, "podinfo")
         .unwrap_or_default();
     api.delete("apps/v1", "Deployment", NS, "podinfo");
-    let _controller = ControllerProcess::start(&api, &prom, &["--leader-election=false"]);
+    let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
 
     // No target: Stalled, naming it; nothing created.
     let c = api
