@@ -14,76 +14,18 @@ use std::time::Duration;
 
 use apiserver::ApiServer;
 use e2e::{
-    ControllerProcess, NS, canary, events, image, kubelet, phase, replicas, series, set_image,
-    wait_event, wait_phase, weights,
+    ControllerProcess, NS, analysis, canary, events, fixtures, image, kubelet, phase, replicas,
+    series, set_image, wait_event, wait_phase, weights,
 };
 use promapi::PromApi;
 use serde_json::{Value, json};
-
-fn fixtures(api: &ApiServer, prom: &PromApi, analysis: Value) {
-    api.create_namespace(NS);
-    api.put(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "podinfo", "namespace": NS, "labels": {"app": "podinfo"}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "podinfo"}},
-            "template": {
-                "metadata": {"labels": {"app": "podinfo"}},
-                "spec": {"containers": [{"name": "podinfod", "image": "ghcr.io/stefanprodan/podinfo:6.0.0",
-                    "envFrom": [{"configMapRef": {"name": "podinfo-env"}}]}]},
-            },
-        },
-    }));
-    api.put(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "podinfo-env", "namespace": NS},
-        "data": {"PODINFO_UI_COLOR": "#34577c"},
-    }));
-    api.put(json!({
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "podinfo", "namespace": NS},
-        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-                 "minReplicas": 2, "maxReplicas": 4},
-    }));
-    api.put(json!({
-        "apiVersion": "serin.dev/v1beta1", "kind": "MetricTemplate",
-        "metadata": {"name": "error-rate", "namespace": NS},
-        "spec": {
-            "provider": {"type": "prometheus", "address": prom.url()},
-            "query": "100 - sum(rate(envoy_cluster_upstream_rq{kubernetes_namespace=\"{{ namespace }}\",envoy_response_code!~\"5.*\"}[{{ interval }}])) / sum(rate(envoy_cluster_upstream_rq{kubernetes_namespace=\"{{ namespace }}\"}[{{ interval }}])) * 100",
-        },
-    }));
-    api.put(json!({
-        "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
-        "metadata": {"name": "podinfo", "namespace": NS},
-        "spec": {
-            "provider": "appmesh:v1beta2",
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-            "autoscalerRef": {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "podinfo"},
-            "progressDeadlineSeconds": 60,
-            "service": {"port": 9898, "timeout": "15s"},
-            "analysis": analysis,
-        },
-    }));
-}
-
-fn analysis() -> Value {
-    json!({
-        "interval": "10s",
-        "threshold": 2,
-        "maxWeight": 50,
-        "stepWeight": 25,
-        "metrics": [{"name": "error-rate", "templateRef": {"name": "error-rate"}, "thresholdRange": {"max": 1}, "interval": "1m"}],
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initialization_creates_the_object_set_and_scales_the_target_to_zero() {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     let c = wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
 
@@ -176,7 +118,7 @@ async fn new_image_is_analysed_promoted_and_scaled_down() {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
@@ -273,7 +215,7 @@ async fn failing_metric_rolls_back_and_the_revision_is_not_retried() {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     prom.set(Some(12.5));
@@ -334,7 +276,7 @@ async fn new_revision_mid_analysis_restarts_at_weight_zero() {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
@@ -370,7 +312,7 @@ async fn a_killed_controller_resumes_from_status() {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let mut controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
@@ -406,7 +348,7 @@ async fn injected_conflicts_errors_and_cut_watches_do_not_stop_the_rollout() {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let _controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1").await;
@@ -436,7 +378,7 @@ async fn with_leader_election_only_the_leader_writes_and_a_new_leader_finishes()
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let mut first = ControllerProcess::start(&api, prom.url(), &["--instance", "first"]);
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     let _second = ControllerProcess::start(&api, prom.url(), &["--instance", "second"]);
@@ -489,7 +431,7 @@ async fn missing_template_stalls_without_touching_traffic_and_resumes_when_creat
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let template = api
         .get("serin.dev/v1beta1", "MetricTemplate", NS, "error-rate")
         .unwrap_or_default();
@@ -543,7 +485,7 @@ async fn deleting_a_canary_with_revert_on_deletion_gives_traffic_back_to_the_tar
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let mut c = canary(&api);
     c["spec"]["revertOnDeletion"] = json!(true);
     api.put(c);
@@ -610,7 +552,7 @@ async fn a_missing_target_or_one_without_app_labels_stalls_until_fixed() {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom, analysis());
+    fixtures(&api, prom.url(), analysis(), true);
     let target = api
         .get("apps/v1", "Deployment", NS, "podinfo")
         .unwrap_or_default();

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use apiserver::ApiServer;
 use e2e::{
-    ControllerProcess, NS, canary, image, kubelet, phase, replicas, set_image, wait_event,
-    wait_phase, weights,
+    ControllerProcess, NS, analysis, canary, fixtures, image, kubelet, phase, replicas, set_image,
+    wait_event, wait_phase, weights,
 };
 use promapi::PromApi;
 use serde_json::{Value, json};
@@ -25,56 +25,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
 const SERIN: &str = env!("CARGO_BIN_EXE_serin");
-
-/// The target Deployment, its ConfigMap, an error-rate template and the Canary (interval 10s,
-/// threshold 2, steps of 25 up to 50).
-fn fixtures(api: &ApiServer, prom: &PromApi) {
-    api.create_namespace(NS);
-    api.put(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "podinfo", "namespace": NS, "labels": {"app": "podinfo"}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": "podinfo"}},
-            "template": {
-                "metadata": {"labels": {"app": "podinfo"}},
-                "spec": {"containers": [{"name": "podinfod", "image": "ghcr.io/stefanprodan/podinfo:6.0.0",
-                    "envFrom": [{"configMapRef": {"name": "podinfo-env"}}]}]},
-            },
-        },
-    }));
-    api.put(json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "podinfo-env", "namespace": NS},
-        "data": {"PODINFO_UI_COLOR": "#34577c"},
-    }));
-    api.put(json!({
-        "apiVersion": "serin.dev/v1beta1", "kind": "MetricTemplate",
-        "metadata": {"name": "error-rate", "namespace": NS},
-        "spec": {
-            "provider": {"type": "prometheus", "address": prom.url()},
-            "query": "100 - sum(rate(envoy_cluster_upstream_rq{kubernetes_namespace=\"{{ namespace }}\",envoy_response_code!~\"5.*\"}[{{ interval }}])) / sum(rate(envoy_cluster_upstream_rq{kubernetes_namespace=\"{{ namespace }}\"}[{{ interval }}])) * 100",
-        },
-    }));
-    api.put(json!({
-        "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
-        "metadata": {"name": "podinfo", "namespace": NS},
-        "spec": {
-            "provider": "appmesh:v1beta2",
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
-            "progressDeadlineSeconds": 60,
-            "service": {"port": 9898, "timeout": "15s"},
-            "analysis": {
-                "interval": "10s",
-                "threshold": 2,
-                "maxWeight": 50,
-                "stepWeight": 25,
-                "metrics": [{"name": "error-rate", "templateRef": {"name": "error-rate"},
-                             "thresholdRange": {"max": 1}, "interval": "1m"}],
-            },
-        },
-    }));
-}
 
 /// An API server with the fixtures, a kubelet and a running controller.
 struct Cluster {
@@ -88,7 +38,7 @@ async fn cluster() -> Cluster {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom);
+    fixtures(&api, prom.url(), analysis(), false);
     let controller = ControllerProcess::start(&api, prom.url(), &["--leader-election=false"]);
     Cluster {
         api,
@@ -248,7 +198,7 @@ async fn wait_reports_missing_invalid_and_stalled_canaries_with_exit_code_3() {
     let api = ApiServer::start().await;
     let prom = PromApi::start(Some(0.0)).await;
     let _kubelet = kubelet(&api, Duration::from_millis(300));
-    fixtures(&api, &prom);
+    fixtures(&api, prom.url(), analysis(), false);
 
     let missing = run(&api, &["wait", "backend", "--timeout", "10s"]).await;
     assert_eq!(missing.status.code(), Some(3), "{}", show(&missing));

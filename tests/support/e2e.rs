@@ -337,3 +337,73 @@ pub async fn set_image(api: &ApiServer, image: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The target Deployment `podinfo` (selector `app: podinfo`, two replicas, a ConfigMap in its
+/// env), an `error-rate` MetricTemplate on the Prometheus API at `metrics_address`, optionally
+/// an HPA, and the Canary with `analysis`.
+pub fn fixtures(api: &ApiServer, metrics_address: &str, analysis: Value, autoscaler: bool) {
+    api.create_namespace(NS);
+    api.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "podinfo", "namespace": NS, "labels": {"app": "podinfo"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "podinfo"}},
+            "template": {
+                "metadata": {"labels": {"app": "podinfo"}},
+                "spec": {"containers": [{"name": "podinfod", "image": "ghcr.io/stefanprodan/podinfo:6.0.0",
+                    "envFrom": [{"configMapRef": {"name": "podinfo-env"}}]}]},
+            },
+        },
+    }));
+    api.put(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "podinfo-env", "namespace": NS},
+        "data": {"PODINFO_UI_COLOR": "#34577c"},
+    }));
+    if autoscaler {
+        api.put(json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "podinfo", "namespace": NS},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+                 "minReplicas": 2, "maxReplicas": 4},
+    }));
+    }
+    api.put(json!({
+        "apiVersion": "serin.dev/v1beta1", "kind": "MetricTemplate",
+        "metadata": {"name": "error-rate", "namespace": NS},
+        "spec": {
+            "provider": {"type": "prometheus", "address": metrics_address},
+            "query": "100 - sum(rate(envoy_cluster_upstream_rq{kubernetes_namespace=\"{{ namespace }}\",envoy_response_code!~\"5.*\"}[{{ interval }}])) / sum(rate(envoy_cluster_upstream_rq{kubernetes_namespace=\"{{ namespace }}\"}[{{ interval }}])) * 100",
+        },
+    }));
+    let mut canary = json!({
+        "apiVersion": "serin.dev/v1beta1", "kind": "Canary",
+        "metadata": {"name": "podinfo", "namespace": NS},
+        "spec": {
+            "provider": "appmesh:v1beta2",
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "podinfo"},
+            "autoscalerRef": {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "name": "podinfo"},
+            "progressDeadlineSeconds": 60,
+            "service": {"port": 9898, "timeout": "15s"},
+            "analysis": analysis,
+        },
+    });
+    if !autoscaler {
+        canary["spec"]
+            .as_object_mut()
+            .map(|s| s.remove("autoscalerRef"));
+    }
+    api.put(canary);
+}
+
+/// Steps of 25 up to 50 every 10s, two failed checks roll back, error rate at most 1%.
+pub fn analysis() -> Value {
+    json!({
+        "interval": "10s",
+        "threshold": 2,
+        "maxWeight": 50,
+        "stepWeight": 25,
+        "metrics": [{"name": "error-rate", "templateRef": {"name": "error-rate"}, "thresholdRange": {"max": 1}, "interval": "1m"}],
+    })
+}
