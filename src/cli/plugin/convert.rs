@@ -479,7 +479,9 @@ impl Conversion {
             (None, None) => None,
         };
         if let Some(a) = analysis.and_then(Value::as_object) {
-            out.insert("analysis".into(), self.analysis(a, appmesh));
+            // Only Gateway API mirrors; without a kept provider the controller's default applies.
+            let mirrors = kept_provider.is_some_and(|p| p.starts_with("gatewayapi"));
+            out.insert("analysis".into(), self.analysis(a, appmesh, mirrors));
         }
         for k in spec.keys() {
             let known = [
@@ -566,7 +568,7 @@ impl Conversion {
         )
     }
 
-    fn analysis(&mut self, a: &Map<String, Value>, appmesh: bool) -> Value {
+    fn analysis(&mut self, a: &Map<String, Value>, appmesh: bool, mirrors: bool) -> Value {
         let mut out = self.keep(
             a,
             "spec.analysis",
@@ -596,14 +598,15 @@ impl Conversion {
                 "stepWeight wins over stepWeights in Flagger; Serin accepts only one of them",
             );
         }
-        if appmesh {
+        if !mirrors {
+            let why = if appmesh {
+                "App Mesh cannot mirror traffic (it breaks the rollout in Flagger); use the gatewayapi provider to mirror"
+            } else {
+                "only the gatewayapi provider mirrors traffic, and this Canary gets another provider (or the controller's default, appmesh:v1beta2)"
+            };
             for k in ["mirror", "mirrorWeight"] {
                 if out.remove(k).is_some() {
-                    self.note(
-                        &format!("spec.analysis.{k}"),
-                        Kind::Dropped,
-                        "App Mesh cannot mirror traffic (it breaks the rollout in Flagger); use the gatewayapi provider to mirror",
-                    );
+                    self.note(&format!("spec.analysis.{k}"), Kind::Dropped, why);
                 }
             }
         }
@@ -1049,7 +1052,11 @@ spec:
         let a = canary.spec.analysis.as_ref().unwrap();
         assert_eq!(a.iterations, Some(10));
         assert_eq!(a.step_weight, None);
-        assert_eq!(a.mirror, Some(true), "mirroring is kept for Gateway API");
+        assert_eq!(
+            a.mirror, None,
+            "without a kept provider the controller's default (App Mesh) applies, which cannot mirror"
+        );
+        assert!(f.contains(&("spec.analysis.mirror".to_string(), Kind::Dropped)));
         assert_eq!(a.interval.as_deref(), Some("10s"));
         assert!(a.alerts()[0].severity.is_none());
         let m = a.match_.as_ref().unwrap();
@@ -1109,6 +1116,30 @@ spec:
             "{}",
             c.yaml
         );
+    }
+
+    #[test]
+    fn mirroring_is_dropped_unless_the_canary_keeps_a_gateway_api_provider() {
+        let istio = r#"
+apiVersion: flagger.app/v1beta1
+kind: Canary
+metadata: {name: podinfo}
+spec:
+  provider: istio
+  targetRef: {apiVersion: apps/v1, kind: Deployment, name: podinfo}
+  service: {port: 9898}
+  analysis: {interval: 1m, stepWeight: 10, mirror: true, mirrorWeight: 50}
+"#;
+        let c = convert("istio.yaml", istio).unwrap();
+        let f = findings(&c);
+        assert!(
+            f.contains(&("spec.analysis.mirror".into(), Kind::Dropped)),
+            "{f:#?}"
+        );
+        assert!(!c.yaml.contains("mirror"), "{}", c.yaml);
+        let gateway = istio.replace("provider: istio", "provider: gatewayapi:v1");
+        let c = convert("gateway.yaml", &gateway).unwrap();
+        assert!(c.yaml.contains("mirror: true"), "{}", c.yaml);
     }
 
     #[test]
