@@ -6,6 +6,8 @@
 
 #[path = "support/apiserver/mod.rs"]
 mod apiserver;
+#[path = "support/e2e.rs"]
+mod e2e;
 #[path = "support/kubelet.rs"]
 mod kubelet;
 #[path = "support/promapi.rs"]
@@ -13,10 +15,10 @@ mod promapi;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use apiserver::{ApiServer, Request};
+use e2e::ControllerProcess;
 use kubelet::Kubelet;
 use promapi::PromApi;
 use serde_json::json;
@@ -97,48 +99,6 @@ fn group_of(path: &str) -> String {
         Some("apis") => parts.next().unwrap_or("").to_string(),
         _ => String::new(),
     }
-}
-
-/// The controller as a process, killed when dropped; its log is printed when the test failed.
-struct Controller {
-    _child: tokio::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(60).collect();
-            eprintln!("--- controller log ({}) ---", self.log.display());
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn start_controller(api: &ApiServer, prom: &PromApi) -> Controller {
-    let log = std::env::temp_dir().join(format!("serin-chart-rbac-{}.log", std::process::id()));
-    let file = std::fs::File::create(&log).expect("controller log file");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_serin"))
-        .args(["controller", "--kubeconfig"])
-        .arg(api.kubeconfig_path())
-        .args(["--listen", "127.0.0.1:0", "--metrics-server", prom.url()])
-        // As the chart runs it: leader election on, the Lease in the release namespace.
-        .args([
-            "--leader-election=true",
-            "--leader-election-namespace",
-            RELEASE_NS,
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(file))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("serin controller starts");
-    Controller { _child: child, log }
 }
 
 fn fixtures(api: &ApiServer, prom: &PromApi) {
@@ -285,7 +245,16 @@ async fn every_request_of_a_rollout_is_allowed_by_the_charts_rbac() {
     let _kubelet = Kubelet::start(&api);
     let prom = PromApi::start(Some(0.0)).await;
     fixtures(&api, &prom);
-    let _controller = start_controller(&api, &prom);
+    // As the chart runs it: leader election on, the Lease in the release namespace.
+    let _controller = ControllerProcess::start(
+        &api,
+        prom.url(),
+        &[
+            "--leader-election=true",
+            "--leader-election-namespace",
+            RELEASE_NS,
+        ],
+    );
 
     wait_phase(&api, "Initialized", Duration::from_secs(30)).await;
     set_image(&api, "ghcr.io/stefanprodan/podinfo:6.0.1");
